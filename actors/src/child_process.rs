@@ -1,0 +1,485 @@
+//! [`ChildProcess`]: one incarnation of the collector child, from spawn to reaped exit.
+//!
+//! It owns the three pipes and the process handle. Three tasks run for the whole life of the
+//! child, so the child can never block on a full pipe:
+//!
+//! * stdout: bytes go through the frame [`Decoder`]; messages are forwarded to the
+//!   Supervisor, non-frame text is logged as collector output;
+//! * stderr: every chunk is appended to the byte-exact tail ([`StderrTail`]) kept for the
+//!   crash report, and every line is logged as collector output;
+//! * wait: the exit status (code, or signal and core-dump flag).
+//!
+//! [`ChildExited`] is sent once the status is known *and* both pipes reached EOF, so the
+//! crash report holds the last byte the child wrote and every frame it sent came before the
+//! exit event. A grandchild holding a pipe open cannot delay the report by more than
+//! [`PIPE_DRAIN_GRACE`]. Stdout EOF while the process stays alive becomes
+//! [`ChildStdoutClosed`] after [`STDOUT_EOF_GRACE`] (a dying process closes stdout a moment
+//! before the kernel reports its exit, and that is not this event).
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::ipc::{self, Decoded, Decoder, FromCollector, ToCollector};
+
+/// How long to wait for the pipes after the exit status is known.
+pub const PIPE_DRAIN_GRACE: Duration = Duration::from_secs(2);
+/// How long stdout may be closed before a still-running child counts as having closed it.
+pub const STDOUT_EOF_GRACE: Duration = Duration::from_millis(500);
+/// Frames queued for the child's stdin before new ones are dropped (a hung child stops
+/// reading; its heartbeats are then lost anyway).
+const STDIN_QUEUE: usize = 64;
+/// Log target of everything the collector writes.
+pub const OUTPUT_TARGET: &str = "collector";
+
+/// How to start the child.
+#[derive(Debug, Clone)]
+pub struct SpawnSpec {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    /// Added to the inherited environment.
+    pub env: Vec<(OsString, OsString)>,
+    pub incarnation: u64,
+    pub stderr_tail_bytes: usize,
+}
+
+/// How the process ended, as the kernel reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitInfo {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub core_dumped: bool,
+}
+
+impl From<std::process::ExitStatus> for ExitInfo {
+    fn from(s: std::process::ExitStatus) -> Self {
+        Self { code: s.code(), signal: s.signal(), core_dumped: s.core_dumped() }
+    }
+}
+
+/// The last `cap` bytes written to stderr, byte-exact, plus the total count.
+#[derive(Debug)]
+pub struct StderrTail {
+    buf: VecDeque<u8>,
+    cap: usize,
+    total: u64,
+}
+
+impl StderrTail {
+    pub fn new(cap: usize) -> Self {
+        Self { buf: VecDeque::with_capacity(cap.min(64 * 1024)), cap, total: 0 }
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.total += bytes.len() as u64;
+        if bytes.len() >= self.cap {
+            self.buf.clear();
+            self.buf.extend(&bytes[bytes.len() - self.cap..]);
+            return;
+        }
+        let overflow = (self.buf.len() + bytes.len()).saturating_sub(self.cap);
+        self.buf.drain(..overflow);
+        self.buf.extend(bytes);
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        let (a, b) = self.buf.as_slices();
+        [a, b].concat()
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+}
+
+/// A message from the child, forwarded to the Supervisor.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ChildMessage {
+    pub incarnation: u64,
+    pub received: Instant,
+    pub msg: FromCollector,
+}
+
+/// The child's stdout reached EOF and the process is still running.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ChildStdoutClosed {
+    pub incarnation: u64,
+    pub pid: u32,
+}
+
+/// The child is gone and reaped; everything it wrote has been read.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ChildExited {
+    pub incarnation: u64,
+    pub pid: u32,
+    pub exit: ExitInfo,
+    /// When the kernel reported the exit (before the pipes were drained).
+    pub exited_at: Instant,
+    pub uptime: Duration,
+    pub stderr_tail: Vec<u8>,
+    pub stderr_total: u64,
+}
+
+/// Where a ChildProcess reports.
+#[derive(Clone)]
+pub struct ChildEvents {
+    pub message: Recipient<ChildMessage>,
+    pub stdout_closed: Recipient<ChildStdoutClosed>,
+    pub exited: Recipient<ChildExited>,
+}
+
+/// Send a frame to the child's stdin.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SendToChild(pub ToCollector);
+
+/// Close the child's stdin: the collector's signal to flush and exit 0.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseStdin;
+
+/// SIGKILL the child if it has not been reaped yet.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Kill;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+enum PipeEvent {
+    StdoutEof,
+    StderrEof,
+    Exited(ExitInfo, Instant),
+    WaitFailed(String),
+}
+
+/// One incarnation of the collector process.
+pub struct ChildProcess {
+    incarnation: u64,
+    pid: u32,
+    started: Instant,
+    events: ChildEvents,
+    /// Dropping this closes the child's stdin (the writer task ends and drops the pipe).
+    stdin_tx: Option<mpsc::Sender<Vec<u8>>>,
+    tail: Rc<RefCell<StderrTail>>,
+    /// Set by the wait task in the same poll that reaped the child, so `Kill` never signals
+    /// a pid that may already belong to another process.
+    reaped: Rc<Cell<bool>>,
+    exit: Option<(ExitInfo, Instant)>,
+    stdout_eof: bool,
+    stderr_eof: bool,
+    reported: bool,
+    /// Spawn parts handed to `started`.
+    pending: Option<Pending>,
+}
+
+struct Pending {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    stdout: tokio::process::ChildStdout,
+    stderr: tokio::process::ChildStderr,
+}
+
+impl ChildProcess {
+    /// Spawns the child on the calling thread and starts the actor.
+    ///
+    /// Call this from a thread that lives as long as the process (the System's main
+    /// thread): PR_SET_PDEATHSIG fires when the *thread* that forked the child exits.
+    pub fn spawn(spec: SpawnSpec, events: ChildEvents) -> std::io::Result<(Addr<ChildProcess>, u32)> {
+        let mut cmd = tokio::process::Command::new(&spec.program);
+        cmd.args(&spec.args)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: only async-signal-safe calls (prctl, getppid, setpgid) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Die with the supervisor, even if it is SIGKILLed.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before prctl took effect.
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::other("supervisor exited during spawn"));
+                }
+                // Own process group: a Ctrl-C at the terminal reaches the supervisor only,
+                // which then stops the collector gracefully.
+                libc::setpgid(0, 0);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn()?;
+        let pid = child.id().unwrap_or(0);
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(std::io::Error::other("child pipes missing after spawn"));
+        };
+        let actor = ChildProcess {
+            incarnation: spec.incarnation,
+            pid,
+            started: Instant::now(),
+            events,
+            stdin_tx: None,
+            tail: Rc::new(RefCell::new(StderrTail::new(spec.stderr_tail_bytes))),
+            reaped: Rc::new(Cell::new(false)),
+            exit: None,
+            stdout_eof: false,
+            stderr_eof: false,
+            reported: false,
+            pending: Some(Pending { child, stdin, stdout, stderr }),
+        };
+        Ok((actor.start(), pid))
+    }
+
+    fn maybe_report(&mut self, ctx: &mut Context<Self>, force: bool) {
+        if self.reported {
+            return;
+        }
+        let Some((exit, exited_at)) = self.exit else { return };
+        if !(force || (self.stdout_eof && self.stderr_eof)) {
+            return;
+        }
+        self.reported = true;
+        let tail = self.tail.borrow();
+        self.events.exited.do_send(ChildExited {
+            incarnation: self.incarnation,
+            pid: self.pid,
+            exit,
+            exited_at,
+            uptime: exited_at.duration_since(self.started),
+            stderr_tail: tail.bytes(),
+            stderr_total: tail.total(),
+        });
+        ctx.stop();
+    }
+}
+
+impl Actor for ChildProcess {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let Some(Pending { mut child, mut stdin, stdout, stderr }) = self.pending.take() else {
+            return;
+        };
+        let me = ctx.address();
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STDIN_QUEUE);
+        self.stdin_tx = Some(tx);
+        actix_rt::spawn(async move {
+            while let Some(frame) = rx.recv().await {
+                if stdin.write_all(&frame).await.is_err() {
+                    break;
+                }
+            }
+            // Dropping `stdin` here closes the pipe.
+        });
+
+        let (inc, pid, message) = (self.incarnation, self.pid, self.events.message.clone());
+        let out_addr = me.clone();
+        actix_rt::spawn(async move {
+            read_stdout(stdout, inc, pid, message).await;
+            out_addr.do_send(PipeEvent::StdoutEof);
+        });
+
+        let tail = self.tail.clone();
+        let err_addr = me.clone();
+        actix_rt::spawn(async move {
+            read_stderr(stderr, pid, tail).await;
+            err_addr.do_send(PipeEvent::StderrEof);
+        });
+
+        let reaped = self.reaped.clone();
+        actix_rt::spawn(async move {
+            let ev = match child.wait().await {
+                Ok(status) => {
+                    reaped.set(true);
+                    PipeEvent::Exited(status.into(), Instant::now())
+                }
+                Err(e) => PipeEvent::WaitFailed(e.to_string()),
+            };
+            me.do_send(ev);
+        });
+    }
+}
+
+async fn read_stdout(
+    mut out: impl AsyncRead + Unpin,
+    incarnation: u64,
+    pid: u32,
+    to: Recipient<ChildMessage>,
+) {
+    let mut dec = Decoder::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match out.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        dec.feed(&buf[..n]);
+        while let Some(item) = dec.next::<FromCollector>() {
+            match item {
+                Decoded::Message(msg) => {
+                    to.do_send(ChildMessage { incarnation, received: Instant::now(), msg })
+                }
+                Decoded::Text(t) => log_output(pid, "stdout", &t),
+                Decoded::Invalid(e) => {
+                    tracing::warn!(pid, incarnation, error = %e, "Bad frame from the collector; skipped.")
+                }
+            }
+        }
+    }
+    if let Some(rest) = dec.finish() {
+        log_output(pid, "stdout", &rest);
+    }
+}
+
+async fn read_stderr(mut err: impl AsyncRead + Unpin, pid: u32, tail: Rc<RefCell<StderrTail>>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut line: Vec<u8> = Vec::new();
+    loop {
+        let n = match err.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = &buf[..n];
+        tail.borrow_mut().push(chunk);
+        let mut rest = chunk;
+        while let Some(i) = rest.iter().position(|&b| b == b'\n') {
+            line.extend_from_slice(&rest[..i]);
+            log_output(pid, "stderr", &line);
+            line.clear();
+            rest = &rest[i + 1..];
+        }
+        line.extend_from_slice(rest);
+        if line.len() >= ipc::DEFAULT_MAX_LINE {
+            log_output(pid, "stderr", &line);
+            line.clear();
+        }
+    }
+    if !line.is_empty() {
+        log_output(pid, "stderr", &line);
+    }
+}
+
+/// Logs one line of collector output. The collector filtered its own log by level already,
+/// and a crash trace has no level, so this target is always enabled (see the binary's
+/// logging setup).
+fn log_output(pid: u32, stream: &'static str, line: &[u8]) {
+    let text = String::from_utf8_lossy(line);
+    let text = text.strip_suffix('\r').unwrap_or(&text);
+    tracing::info!(target: OUTPUT_TARGET, pid, stream, "{text}");
+}
+
+impl Handler<PipeEvent> for ChildProcess {
+    type Result = ();
+
+    fn handle(&mut self, ev: PipeEvent, ctx: &mut Context<Self>) {
+        match ev {
+            PipeEvent::StdoutEof => {
+                self.stdout_eof = true;
+                if self.exit.is_none() {
+                    ctx.run_later(STDOUT_EOF_GRACE, |this, _| {
+                        if this.exit.is_none() {
+                            this.events
+                                .stdout_closed
+                                .do_send(ChildStdoutClosed { incarnation: this.incarnation, pid: this.pid });
+                        }
+                    });
+                }
+            }
+            PipeEvent::StderrEof => self.stderr_eof = true,
+            PipeEvent::Exited(info, at) => {
+                self.exit = Some((info, at));
+                self.stdin_tx = None;
+                ctx.run_later(PIPE_DRAIN_GRACE, |this, ctx| {
+                    if !this.reported {
+                        tracing::warn!(
+                            pid = this.pid,
+                            "Collector exited but its pipes stayed open (a grandchild holds them?); reporting without waiting."
+                        );
+                    }
+                    this.maybe_report(ctx, true)
+                });
+            }
+            PipeEvent::WaitFailed(e) => {
+                tracing::error!(pid = self.pid, error = %e, "Cannot wait for the collector; killing it.");
+                self.kill();
+            }
+        }
+        self.maybe_report(ctx, false);
+    }
+}
+
+impl ChildProcess {
+    fn kill(&self) {
+        if !self.reaped.get() && self.pid != 0 {
+            // SAFETY: the pid is ours and not yet reaped, so it cannot have been reused.
+            unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}
+
+impl Handler<SendToChild> for ChildProcess {
+    type Result = ();
+
+    fn handle(&mut self, SendToChild(msg): SendToChild, _: &mut Context<Self>) {
+        let Some(tx) = &self.stdin_tx else { return };
+        match ipc::encode(&msg) {
+            Ok(frame) => {
+                if tx.try_send(frame).is_err() {
+                    tracing::debug!(pid = self.pid, "Collector stdin queue full; frame dropped.");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "Cannot encode a frame for the collector."),
+        }
+    }
+}
+
+impl Handler<CloseStdin> for ChildProcess {
+    type Result = ();
+
+    fn handle(&mut self, _: CloseStdin, _: &mut Context<Self>) {
+        self.stdin_tx = None;
+    }
+}
+
+impl Handler<Kill> for ChildProcess {
+    type Result = ();
+
+    fn handle(&mut self, _: Kill, _: &mut Context<Self>) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StderrTail;
+
+    #[test]
+    fn tail_keeps_exactly_the_last_bytes() {
+        let mut t = StderrTail::new(10);
+        t.push(b"0123");
+        t.push(b"456789ab");
+        assert_eq!(t.bytes(), b"23456789ab");
+        t.push(b"cdefghijklmnop");
+        assert_eq!(t.bytes(), b"ghijklmnop");
+        assert_eq!(t.total(), 26);
+        let mut z = StderrTail::new(0);
+        z.push(b"abc");
+        assert!(z.bytes().is_empty());
+    }
+}

@@ -1,0 +1,222 @@
+//! Crash reports in `DATA_DIR/crashes` (CONTRACT §6): `ID.json` with how the collector ended,
+//! and `ID.stderr` with the last bytes of its stderr, exactly as written.
+//!
+//! Commit point: `ID.stderr` is written and synced first, then `ID.json` through a temporary
+//! file and a rename. A report exists once its `.json` exists; a `.stderr` without one is
+//! the remains of an interrupted write and is removed by [`prune`].
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// How the collector's incarnation ended (the `last_exit` object of `/status`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastExit {
+    /// RFC 3339 time of the exit.
+    pub at: String,
+    /// `signaled`, `exited`, `unresponsive` or `stopped`.
+    pub reason: String,
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub signal_name: Option<String>,
+    pub core_dumped: bool,
+    pub uptime_ms: u64,
+    /// The collector that was running when the process died, if one was.
+    pub collector_in_flight: Option<String>,
+    /// ID of the crash report written for this exit (none for a clean exit).
+    pub crash_report: Option<String>,
+    /// What the supervisor saw beyond the exit status (e.g. stdout closed while alive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// `ID.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CrashReport {
+    pub id: String,
+    pub version: String,
+    pub pid: u32,
+    pub incarnation: u64,
+    #[serde(flatten)]
+    pub exit: LastExit,
+    /// Bytes the collector wrote to stderr in its whole life.
+    pub stderr_total_bytes: u64,
+    /// Bytes of that kept in `ID.stderr` (the last ones).
+    pub stderr_kept_bytes: u64,
+}
+
+/// Errors reading or writing reports.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a crash report: {source}")]
+    Parse { path: PathBuf, source: serde_json::Error },
+    #[error("no crash report `{0}`")]
+    NotFound(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
+    move |source| ReportError::Io { path: path.to_path_buf(), source }
+}
+
+/// A new report ID: UTC time to the millisecond (so names sort by age) and the child's pid.
+pub fn new_id(now: chrono::DateTime<chrono::Utc>, pid: u32) -> String {
+    format!("{}-{pid}", now.format("%Y%m%dT%H%M%S%.3fZ"))
+}
+
+/// Report IDs are generated here; anything else is refused before touching a path.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !id.starts_with('.')
+}
+
+/// Writes `ID.stderr` then `ID.json` into `dir` (created if missing).
+pub fn write(dir: &Path, report: &CrashReport, stderr_tail: &[u8]) -> Result<(), ReportError> {
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let stderr_path = dir.join(format!("{}.stderr", report.id));
+    write_synced(&stderr_path, stderr_tail)?;
+    let json = serde_json::to_vec_pretty(report).expect("a crash report always serialises");
+    let tmp = dir.join(format!(".{}.json.tmp", report.id));
+    write_synced(&tmp, &json)?;
+    let final_path = dir.join(format!("{}.json", report.id));
+    fs::rename(&tmp, &final_path).map_err(io_err(&final_path))?;
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
+    let mut f = fs::File::create(path).map_err(io_err(path))?;
+    f.write_all(bytes).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))
+}
+
+/// IDs of the reports in `dir`, oldest first.
+pub fn list_ids(dir: &Path) -> Result<Vec<String>, ReportError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(ReportError::Io { path: dir.to_path_buf(), source: e }),
+    };
+    let mut ids: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".json")).map(str::to_string))
+        .filter(|id| valid_id(id))
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// Reads `ID.json`.
+pub fn load(dir: &Path, id: &str) -> Result<CrashReport, ReportError> {
+    if !valid_id(id) {
+        return Err(ReportError::NotFound(id.to_string()));
+    }
+    let path = dir.join(format!("{id}.json"));
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ReportError::NotFound(id.to_string()))
+        }
+        Err(e) => return Err(ReportError::Io { path, source: e }),
+    };
+    serde_json::from_slice(&bytes).map_err(|source| ReportError::Parse { path, source })
+}
+
+/// Keeps the newest `keep` reports; removes older ones and orphaned `.stderr` files.
+/// Returns how many reports were removed.
+pub fn prune(dir: &Path, keep: usize) -> Result<usize, ReportError> {
+    let ids = list_ids(dir)?;
+    let excess = ids.len().saturating_sub(keep);
+    for id in &ids[..excess] {
+        for ext in ["json", "stderr"] {
+            let p = dir.join(format!("{id}.{ext}"));
+            if let Err(e) = fs::remove_file(&p) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    return Err(ReportError::Io { path: p, source: e });
+                }
+            }
+        }
+    }
+    let kept: std::collections::HashSet<&String> = ids[excess..].iter().collect();
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.filter_map(|e| e.ok()) {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(id) = name.strip_suffix(".stderr") {
+                if !kept.contains(&id.to_string()) && !dir.join(format!("{id}.json")).exists() {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+    Ok(excess)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(id: &str) -> CrashReport {
+        CrashReport {
+            id: id.into(),
+            version: "0.1.0".into(),
+            pid: 42,
+            incarnation: 3,
+            exit: LastExit {
+                at: "2026-11-27T04:00:00Z".into(),
+                reason: "signaled".into(),
+                code: None,
+                signal: Some(11),
+                signal_name: Some("SIGSEGV".into()),
+                core_dumped: false,
+                uptime_ms: 1500,
+                collector_in_flight: None,
+                crash_report: Some(id.into()),
+                detail: None,
+            },
+            stderr_total_bytes: 5,
+            stderr_kept_bytes: 5,
+        }
+    }
+
+    fn tempdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("vigil-crash-test-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn write_load_list_prune() {
+        let dir = tempdir("wlp");
+        for i in 0..5 {
+            let id = format!("20261127T04000{i}.000Z-42");
+            write(&dir, &report(&id), b"\xff\x00bytes").unwrap();
+        }
+        fs::write(dir.join("20200101T000000.000Z-1.stderr"), b"orphan").unwrap();
+        let ids = list_ids(&dir).unwrap();
+        assert_eq!(ids.len(), 5);
+        let r = load(&dir, &ids[0]).unwrap();
+        assert_eq!(r, report(&ids[0]));
+        assert_eq!(fs::read(dir.join(format!("{}.stderr", ids[0]))).unwrap(), b"\xff\x00bytes");
+        assert_eq!(prune(&dir, 2).unwrap(), 3);
+        assert_eq!(list_ids(&dir).unwrap(), ids[3..].to_vec());
+        assert!(!dir.join("20200101T000000.000Z-1.stderr").exists(), "orphan removed");
+        assert!(matches!(load(&dir, "../etc/passwd"), Err(ReportError::NotFound(_))));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ids_sort_by_time() {
+        use chrono::TimeZone;
+        let a = new_id(chrono::Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap(), 9);
+        assert_eq!(a, "20260102T030405.000Z-9");
+        assert!(valid_id(&a));
+    }
+}

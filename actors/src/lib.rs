@@ -1,0 +1,42 @@
+//! vigil's actors and the typed messages between them, for both processes.
+//!
+//! vigil runs as two processes so that the risky work can crash without taking the parts
+//! that must survive with it:
+//!
+//! ```text
+//! vigil run (supervisor)                              vigil collector (child)
+//!   Supervisor ◄── ChildMessage / ChildExited ──┐       ParentLink
+//!     │  GetStatus ◄─ status endpoint (binary)   │         ▲ stdin: Heartbeat{seq}
+//!     │ spawns per incarnation                   │         │ stdout: Hello, HeartbeatAck
+//!     ├─► ChildProcess ── pipes ─────────────────┼─────────┘
+//!     │     stdout frames ──────────────────────►│ (ChildMessage, ChildStdoutClosed)
+//!     │     stderr → log + byte-exact tail       │
+//!     │     exit status ────────────────────────►┘ (ChildExited)
+//!     └─► Heartbeat ── SendToChild(Heartbeat) ─► ChildProcess
+//!           ◄── Ack (routed by the Supervisor); ── ChildUnresponsive / HeartbeatObserved ─► Supervisor
+//! ```
+//!
+//! # Layout
+//!
+//! * [`ipc`]: the frame codec and the messages on the pipes (both processes).
+//! * [`supervisor`]: restart policy, crash reports, status snapshot.
+//! * [`child_process`]: spawning, pipe draining, exit status.
+//! * [`heartbeat`]: liveness of the child.
+//! * [`parent_link`]: the child's end of the pipes.
+//! * [`crash_report`]: the files of CONTRACT §6.
+//! * [`fault`]: `VIGIL_FAULT` injection in the child.
+//! * [`config`]: the configuration schema and its semantic checks.
+//! * [`signals`]: signal names.
+
+pub mod child_process;
+pub mod config;
+pub mod crash_report;
+pub mod fault;
+pub mod heartbeat;
+pub mod ipc;
+pub mod parent_link;
+pub mod signals;
+pub mod supervisor;
+
+/// The version both processes report.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,685 @@
+//! [`Supervisor`]: keeps one collector child running, restarts it when it dies, and keeps the
+//! reason for every death (crash reports, `/status`).
+//!
+//! # States
+//!
+//! ```text
+//!            spawn            Hello
+//! (start) ─────────► starting ─────► running
+//!                        ▲  │           │  child died (any way)
+//!          delay elapsed │  └───────────┤
+//!                        │              ▼
+//!                        └──── backoff | crash_loop
+//! Shutdown (SIGTERM/SIGINT) from any state ─► stopping ─► stopped (process exits 0)
+//! ```
+//!
+//! # Restart policy ([`RestartPolicy`])
+//!
+//! The n-th consecutive crash waits `restart_initial_delay_ms · 2^(n-1)`, capped at
+//! `restart_max_delay_secs`, minus up to 10 % jitter (so a fleet of agents does not restart
+//! in lockstep, and the delay never exceeds the cap). An incarnation that lived
+//! `stable_after_secs` resets the count first. `crash_loop_crashes` crashes within
+//! `crash_loop_window_secs` make the state `crash_loop` instead of `backoff`: an operator
+//! signal, not a surrender, since the child keeps being restarted with delays that keep
+//! doubling to the cap.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use rand::Rng;
+use serde::Serialize;
+
+use crate::child_process::{
+    ChildEvents, ChildExited, ChildMessage, ChildProcess, ChildStdoutClosed, CloseStdin, Kill, SpawnSpec,
+};
+use crate::config::SupervisorConfig;
+use crate::crash_report::{self, CrashReport, LastExit};
+use crate::heartbeat::{Ack, ChildUnresponsive, Heartbeat, HeartbeatObserved, StopHeartbeat};
+use crate::ipc::FromCollector;
+use crate::signals::signal_name;
+
+/// Lifecycle state of the collector as `/status` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Starting,
+    Running,
+    Backoff,
+    CrashLoop,
+    Stopping,
+    Stopped,
+}
+
+/// Backoff and crash-loop bookkeeping; plain code so it is tested without processes.
+#[derive(Debug)]
+pub struct RestartPolicy {
+    initial: Duration,
+    max: Duration,
+    stable_after: Duration,
+    loop_crashes: usize,
+    loop_window: Duration,
+    consecutive: u32,
+    recent: VecDeque<Instant>,
+}
+
+/// What to do after a crash.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RestartDecision {
+    pub delay: Duration,
+    pub crash_loop: bool,
+    /// Crashes counted within the crash-loop window, this one included.
+    pub recent_crashes: usize,
+}
+
+impl RestartPolicy {
+    pub fn new(c: &SupervisorConfig) -> Self {
+        Self {
+            initial: c.restart_initial_delay(),
+            max: c.restart_max_delay(),
+            stable_after: c.stable_after(),
+            loop_crashes: c.crash_loop_crashes.max(1) as usize,
+            loop_window: c.crash_loop_window(),
+            consecutive: 0,
+            recent: VecDeque::new(),
+        }
+    }
+
+    /// Records a crash at `now` of an incarnation that lived `lived`; `jitter` in [0, 1).
+    pub fn on_crash(&mut self, now: Instant, lived: Duration, jitter: f64) -> RestartDecision {
+        if lived >= self.stable_after {
+            self.consecutive = 0;
+        }
+        self.consecutive = self.consecutive.saturating_add(1);
+        let factor = 2f64.powi(self.consecutive.saturating_sub(1).min(63) as i32);
+        let base = self.initial.as_secs_f64() * factor;
+        let capped = base.min(self.max.as_secs_f64());
+        let delay = Duration::from_secs_f64(capped * (1.0 - 0.1 * jitter.clamp(0.0, 1.0)));
+        while self.recent.front().is_some_and(|&t| now.duration_since(t) > self.loop_window) {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(now);
+        RestartDecision {
+            delay,
+            crash_loop: self.recent.len() >= self.loop_crashes,
+            recent_crashes: self.recent.len(),
+        }
+    }
+}
+
+/// Everything the Supervisor needs to run.
+#[derive(Debug, Clone)]
+pub struct SupervisorSettings {
+    pub config: SupervisorConfig,
+    pub data_dir: PathBuf,
+    /// The executable to run as the collector, and its arguments.
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    /// Added to the inherited environment of every incarnation.
+    pub env: Vec<(OsString, OsString)>,
+    pub version: String,
+}
+
+impl SupervisorSettings {
+    pub fn crash_dir(&self) -> PathBuf {
+        self.data_dir.join("crashes")
+    }
+}
+
+/// Stop the collector and then the process (SIGTERM/SIGINT). A second one kills at once.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Shutdown {
+    pub signal: &'static str,
+}
+
+/// Snapshot for `/status`.
+#[derive(Message)]
+#[rtype(result = "StatusSnapshot")]
+pub struct GetStatus;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusSnapshot {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_ms: u64,
+    pub collector: CollectorStatus,
+    pub collectors: Vec<serde_json::Value>,
+    pub uploads: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CollectorStatus {
+    pub state: State,
+    pub pid: Option<u32>,
+    pub incarnation: u64,
+    pub restarts: u64,
+    pub next_restart_in_ms: Option<u64>,
+    pub heartbeat: HeartbeatStatus,
+    pub last_exit: Option<LastExit>,
+    /// Why the last attempt to start the collector failed, while it keeps failing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spawn_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HeartbeatStatus {
+    pub last_ack_ms_ago: Option<u64>,
+    pub rtt_ms: Option<f64>,
+}
+
+impl StatusSnapshot {
+    /// `/healthz`: `Ok(())` when the collector is running, else why not.
+    pub fn health(&self) -> Result<(), String> {
+        let c = &self.collector;
+        if c.state == State::Running {
+            return Ok(());
+        }
+        let mut why = format!(
+            "collector state is {}",
+            serde_json::to_value(c.state).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+        );
+        if let Some(e) = &c.last_exit {
+            let how = match (&e.signal_name, e.code) {
+                (Some(s), _) => s.clone(),
+                (None, Some(code)) => format!("exit code {code}"),
+                (None, None) => e.reason.clone(),
+            };
+            why.push_str(&format!(" after {} ({how})", e.reason));
+            if let Some(r) = &e.crash_report {
+                why.push_str(&format!(", crash report {r}"));
+            }
+        }
+        if let Some(e) = &c.spawn_error {
+            why.push_str(&format!("; cannot start it: {e}"));
+        }
+        Err(why)
+    }
+}
+
+/// Why the supervisor killed the current child, if it did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum KillReason {
+    Unresponsive,
+    StdoutClosed,
+    StopGraceExpired,
+}
+
+struct Current {
+    addr: Addr<ChildProcess>,
+    heartbeat: Addr<Heartbeat>,
+    pid: u32,
+    incarnation: u64,
+    kill_reason: Option<KillReason>,
+}
+
+pub struct Supervisor {
+    settings: SupervisorSettings,
+    started: Instant,
+    state: State,
+    incarnation: u64,
+    restarts: u64,
+    current: Option<Current>,
+    policy: RestartPolicy,
+    next_restart: Option<(Instant, SpawnHandle)>,
+    last_exit: Option<LastExit>,
+    last_ack: Option<Instant>,
+    rtt: Option<Duration>,
+    spawn_error: Option<String>,
+}
+
+impl Supervisor {
+    pub fn new(settings: SupervisorSettings) -> Self {
+        Self {
+            policy: RestartPolicy::new(&settings.config),
+            settings,
+            started: Instant::now(),
+            state: State::Starting,
+            incarnation: 0,
+            restarts: 0,
+            current: None,
+            next_restart: None,
+            last_exit: None,
+            last_ack: None,
+            rtt: None,
+            spawn_error: None,
+        }
+    }
+
+    fn spawn_child(&mut self, ctx: &mut Context<Self>) {
+        self.next_restart = None;
+        if matches!(self.state, State::Stopping | State::Stopped) {
+            return;
+        }
+        if self.incarnation > 0 {
+            self.restarts += 1;
+        }
+        self.incarnation += 1;
+        self.state = State::Starting;
+        self.last_ack = None;
+        self.rtt = None;
+        let mut env = self.settings.env.clone();
+        env.push(("VIGIL_INCARNATION".into(), self.incarnation.to_string().into()));
+        let spec = SpawnSpec {
+            program: self.settings.program.clone(),
+            args: self.settings.args.clone(),
+            env,
+            incarnation: self.incarnation,
+            stderr_tail_bytes: self.settings.config.stderr_tail_bytes as usize,
+        };
+        let me = ctx.address();
+        let events = ChildEvents {
+            message: me.clone().recipient(),
+            stdout_closed: me.clone().recipient(),
+            exited: me.clone().recipient(),
+        };
+        match ChildProcess::spawn(spec, events) {
+            Ok((addr, pid)) => {
+                self.spawn_error = None;
+                let cfg = &self.settings.config;
+                let heartbeat = Heartbeat::new(
+                    self.incarnation,
+                    cfg.heartbeat_interval(),
+                    cfg.heartbeat_timeout(),
+                    addr.clone().recipient(),
+                    me.clone().recipient(),
+                    me.recipient(),
+                )
+                .start();
+                tracing::info!(pid, incarnation = self.incarnation, "Collector spawned.");
+                self.current =
+                    Some(Current { addr, heartbeat, pid, incarnation: self.incarnation, kill_reason: None });
+            }
+            Err(e) => {
+                let program = self.settings.program.display().to_string();
+                tracing::error!(program = %program, error = %e, "Cannot start the collector; will retry.");
+                self.spawn_error = Some(format!("{program}: {e}"));
+                self.schedule_restart(ctx, Duration::ZERO);
+            }
+        }
+    }
+
+    /// Applies the restart policy for an incarnation that lived `lived`.
+    fn schedule_restart(&mut self, ctx: &mut Context<Self>, lived: Duration) {
+        let now = Instant::now();
+        let d = self.policy.on_crash(now, lived, rand::thread_rng().gen::<f64>());
+        let was_loop = self.state == State::CrashLoop;
+        self.state = if d.crash_loop { State::CrashLoop } else { State::Backoff };
+        if d.crash_loop && !was_loop {
+            tracing::error!(
+                crashes = d.recent_crashes,
+                window_secs = self.settings.config.crash_loop_window_secs,
+                "Collector is crash-looping; it keeps being restarted with growing delays (see crash reports)."
+            );
+        }
+        tracing::info!(delay_ms = d.delay.as_millis() as u64, state = ?self.state, "Restarting the collector after a delay.");
+        let handle = ctx.run_later(d.delay, |this, ctx| this.spawn_child(ctx));
+        self.next_restart = Some((now + d.delay, handle));
+    }
+
+    fn is_current(&self, incarnation: u64) -> bool {
+        self.current.as_ref().is_some_and(|c| c.incarnation == incarnation)
+    }
+
+    fn kill_current(&mut self, reason: KillReason) {
+        if let Some(c) = &mut self.current {
+            c.kill_reason.get_or_insert(reason);
+            c.addr.do_send(Kill);
+        }
+    }
+
+    fn finish_stop(&mut self) {
+        self.state = State::Stopped;
+        tracing::info!("Supervisor stopped.");
+        System::current().stop_with_code(0);
+    }
+
+    fn snapshot(&self) -> StatusSnapshot {
+        let now = Instant::now();
+        StatusSnapshot {
+            version: self.settings.version.clone(),
+            pid: std::process::id(),
+            uptime_ms: now.duration_since(self.started).as_millis() as u64,
+            collector: CollectorStatus {
+                state: self.state,
+                pid: self.current.as_ref().map(|c| c.pid),
+                incarnation: self.incarnation,
+                restarts: self.restarts,
+                next_restart_in_ms: self
+                    .next_restart
+                    .as_ref()
+                    .map(|(at, _)| at.saturating_duration_since(now).as_millis() as u64),
+                heartbeat: HeartbeatStatus {
+                    last_ack_ms_ago: self.last_ack.map(|t| now.duration_since(t).as_millis() as u64),
+                    rtt_ms: self.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                },
+                last_exit: self.last_exit.clone(),
+                spawn_error: self.spawn_error.clone(),
+            },
+            collectors: Vec::new(),
+            uploads: Vec::new(),
+        }
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Err(e) =
+            crash_report::prune(&self.settings.crash_dir(), self.settings.config.crash_reports_keep)
+        {
+            tracing::warn!(error = %e, "Cannot prune old crash reports.");
+        }
+        self.spawn_child(ctx);
+    }
+}
+
+impl Handler<ChildMessage> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, m: ChildMessage, _: &mut Context<Self>) {
+        let Some(cur) = self.current.as_ref().filter(|c| c.incarnation == m.incarnation) else {
+            return;
+        };
+        match m.msg {
+            FromCollector::Hello { pid, version } => {
+                if self.state == State::Starting {
+                    self.state = State::Running;
+                }
+                tracing::info!(pid, version = %version, incarnation = m.incarnation, "Collector is running.");
+            }
+            FromCollector::HeartbeatAck { seq } => cur.heartbeat.do_send(Ack { seq, received: m.received }),
+        }
+    }
+}
+
+impl Handler<HeartbeatObserved> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, h: HeartbeatObserved, _: &mut Context<Self>) {
+        if self.is_current(h.incarnation) {
+            self.last_ack = Some(h.at);
+            self.rtt = Some(h.rtt);
+        }
+    }
+}
+
+impl Handler<ChildUnresponsive> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, m: ChildUnresponsive, _: &mut Context<Self>) {
+        if !self.is_current(m.incarnation) || self.state == State::Stopping {
+            return;
+        }
+        let pid = self.current.as_ref().map(|c| c.pid);
+        tracing::warn!(
+            pid,
+            silent_ms = m.silent_for.as_millis() as u64,
+            "Collector unresponsive: no heartbeat ack for {:.1} s; killing it (SIGKILL).",
+            m.silent_for.as_secs_f64()
+        );
+        self.kill_current(KillReason::Unresponsive);
+    }
+}
+
+impl Handler<ChildStdoutClosed> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, m: ChildStdoutClosed, _: &mut Context<Self>) {
+        if !self.is_current(m.incarnation) || self.state == State::Stopping {
+            return;
+        }
+        tracing::warn!(
+            pid = m.pid,
+            "Collector closed its stdout but is still running; it can no longer answer, so it is unresponsive. Killing it (SIGKILL)."
+        );
+        self.kill_current(KillReason::StdoutClosed);
+    }
+}
+
+impl Handler<ChildExited> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, ev: ChildExited, ctx: &mut Context<Self>) {
+        let Some(cur) = self.current.take_if(|c| c.incarnation == ev.incarnation) else {
+            return;
+        };
+        cur.heartbeat.do_send(StopHeartbeat);
+        let stopping = self.state == State::Stopping;
+        let exit = ev.exit;
+        let reason = match (stopping, cur.kill_reason) {
+            (true, _) | (_, Some(KillReason::StopGraceExpired)) => "stopped",
+            (false, Some(KillReason::Unresponsive | KillReason::StdoutClosed)) => "unresponsive",
+            (false, None) if exit.signal.is_some() => "signaled",
+            (false, None) => "exited",
+        };
+        let detail = match cur.kill_reason {
+            Some(KillReason::Unresponsive) => {
+                Some("no heartbeat ack within heartbeat_timeout_secs; killed".to_string())
+            }
+            Some(KillReason::StdoutClosed) => {
+                Some("stdout closed while the process was alive; killed".to_string())
+            }
+            Some(KillReason::StopGraceExpired) => {
+                Some("did not exit within stop_grace_secs; killed".to_string())
+            }
+            None => None,
+        };
+        let clean = exit.code == Some(0);
+        let abnormal = !clean;
+        let at = chrono::Utc::now() - chrono::Duration::from_std(ev.exited_at.elapsed()).unwrap_or_default();
+        let mut last = LastExit {
+            at: at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            reason: reason.to_string(),
+            code: exit.code,
+            signal: exit.signal,
+            signal_name: exit.signal.map(signal_name),
+            core_dumped: exit.core_dumped,
+            uptime_ms: ev.uptime.as_millis() as u64,
+            collector_in_flight: None,
+            crash_report: None,
+            detail,
+        };
+        let how = match (&last.signal_name, exit.code) {
+            (Some(s), _) => format!("killed by {s}{}", if exit.core_dumped { " (core dumped)" } else { "" }),
+            (None, Some(c)) => format!("exited with code {c}"),
+            (None, None) => "ended".to_string(),
+        };
+        if abnormal {
+            let id = crash_report::new_id(at, ev.pid);
+            let report = CrashReport {
+                id: id.clone(),
+                version: self.settings.version.clone(),
+                pid: ev.pid,
+                incarnation: ev.incarnation,
+                exit: LastExit { crash_report: Some(id.clone()), ..last.clone() },
+                stderr_total_bytes: ev.stderr_total,
+                stderr_kept_bytes: ev.stderr_tail.len() as u64,
+            };
+            let dir = self.settings.crash_dir();
+            match crash_report::write(&dir, &report, &ev.stderr_tail) {
+                Ok(()) => {
+                    last.crash_report = Some(id.clone());
+                    if let Err(e) = crash_report::prune(&dir, self.settings.config.crash_reports_keep) {
+                        tracing::warn!(error = %e, "Cannot prune old crash reports.");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "Cannot write the crash report; its stderr tail is lost.")
+                }
+            }
+            let report_id = last.crash_report.as_deref().unwrap_or("none");
+            tracing::error!(
+                pid = ev.pid,
+                incarnation = ev.incarnation,
+                reason,
+                code = exit.code,
+                signal = last.signal_name.as_deref(),
+                core_dumped = exit.core_dumped,
+                uptime_ms = last.uptime_ms,
+                report = report_id,
+                "Collector {} ({how}); crash report {report_id}.",
+                if reason == "unresponsive" { "was unresponsive and was killed" } else { "crashed" },
+            );
+        } else if !stopping {
+            tracing::warn!(
+                pid = ev.pid,
+                incarnation = ev.incarnation,
+                "Collector exited with code 0 without being asked to; restarting it."
+            );
+        } else {
+            tracing::info!(pid = ev.pid, "Collector stopped ({how}).");
+        }
+        self.last_exit = Some(last);
+        if stopping {
+            self.finish_stop();
+        } else {
+            self.schedule_restart(ctx, ev.uptime);
+        }
+    }
+}
+
+impl Handler<Shutdown> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, m: Shutdown, ctx: &mut Context<Self>) {
+        if self.state == State::Stopping {
+            tracing::warn!(signal = m.signal, "Second stop request: killing the collector now.");
+            self.kill_current(KillReason::StopGraceExpired);
+            return;
+        }
+        if self.state == State::Stopped {
+            return;
+        }
+        self.state = State::Stopping;
+        if let Some((_, h)) = self.next_restart.take() {
+            ctx.cancel_future(h);
+        }
+        let Some(cur) = &self.current else {
+            tracing::info!(signal = m.signal, "Stopping (no collector running).");
+            self.finish_stop();
+            return;
+        };
+        let grace = self.settings.config.stop_grace();
+        tracing::info!(
+            signal = m.signal,
+            pid = cur.pid,
+            grace_secs = grace.as_secs_f64(),
+            "Stopping: closed the collector's stdin; it gets stop_grace_secs to exit before SIGKILL."
+        );
+        cur.heartbeat.do_send(StopHeartbeat);
+        cur.addr.do_send(CloseStdin);
+        let inc = cur.incarnation;
+        ctx.run_later(grace, move |this, _| {
+            if this.is_current(inc) {
+                tracing::warn!("Collector did not exit within stop_grace_secs; killing it (SIGKILL).");
+                this.kill_current(KillReason::StopGraceExpired);
+            }
+        });
+    }
+}
+
+impl Handler<GetStatus> for Supervisor {
+    type Result = MessageResult<GetStatus>;
+
+    fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.snapshot())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RestartPolicy {
+        RestartPolicy::new(&SupervisorConfig {
+            restart_initial_delay_ms: 100,
+            restart_max_delay_secs: 1.0,
+            stable_after_secs: 10.0,
+            crash_loop_crashes: 3,
+            crash_loop_window_secs: 5.0,
+            ..SupervisorConfig::default()
+        })
+    }
+
+    #[test]
+    fn delay_doubles_up_to_the_cap() {
+        let mut p = policy();
+        let t = Instant::now();
+        let ms: Vec<u128> = (0..6)
+            .map(|i| p.on_crash(t + Duration::from_secs(10 * i), Duration::ZERO, 0.0).delay.as_millis())
+            .collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1000, 1000]);
+    }
+
+    #[test]
+    fn jitter_only_shortens_and_never_breaks_growth() {
+        let mut p = policy();
+        let t = Instant::now();
+        let a = p.on_crash(t, Duration::ZERO, 0.999).delay;
+        let b = p.on_crash(t, Duration::ZERO, 0.0).delay;
+        assert!(a > Duration::from_millis(90) && a <= Duration::from_millis(100), "{a:?}");
+        assert!(b > a);
+    }
+
+    #[test]
+    fn a_stable_run_resets_the_backoff() {
+        let mut p = policy();
+        let t = Instant::now();
+        for _ in 0..4 {
+            p.on_crash(t, Duration::ZERO, 0.0);
+        }
+        let d = p.on_crash(t, Duration::from_secs(11), 0.0);
+        assert_eq!(d.delay, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn crash_loop_needs_enough_crashes_inside_the_window() {
+        let mut p = policy();
+        let t = Instant::now();
+        assert!(!p.on_crash(t, Duration::ZERO, 0.0).crash_loop);
+        assert!(!p.on_crash(t + Duration::from_secs(1), Duration::ZERO, 0.0).crash_loop);
+        assert!(p.on_crash(t + Duration::from_secs(2), Duration::ZERO, 0.0).crash_loop);
+        // Later crashes, spaced wider than the window allows, leave the loop.
+        assert!(!p.on_crash(t + Duration::from_secs(20), Duration::ZERO, 0.0).crash_loop);
+    }
+
+    #[test]
+    fn health_names_the_signal_and_report() {
+        let snap = StatusSnapshot {
+            version: "v".into(),
+            pid: 1,
+            uptime_ms: 0,
+            collector: CollectorStatus {
+                state: State::Backoff,
+                pid: None,
+                incarnation: 2,
+                restarts: 1,
+                next_restart_in_ms: Some(100),
+                heartbeat: HeartbeatStatus { last_ack_ms_ago: None, rtt_ms: None },
+                last_exit: Some(LastExit {
+                    at: "t".into(),
+                    reason: "signaled".into(),
+                    code: None,
+                    signal: Some(11),
+                    signal_name: Some("SIGSEGV".into()),
+                    core_dumped: false,
+                    uptime_ms: 5,
+                    collector_in_flight: None,
+                    crash_report: Some("R1".into()),
+                    detail: None,
+                }),
+                spawn_error: None,
+            },
+            collectors: vec![],
+            uploads: vec![],
+        };
+        assert_eq!(
+            snap.health().unwrap_err(),
+            "collector state is backoff after signaled (SIGSEGV), crash report R1"
+        );
+    }
+}

@@ -1,0 +1,37 @@
+//! `vigil collector`: the child process. Refuses a terminal on stdin (it speaks a binary
+//! protocol there), sets up logging and fault injection, and runs the ParentLink actor until
+//! the supervisor closes stdin.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use actix::Actor;
+use vigil_actors::fault::Fault;
+use vigil_actors::parent_link::ParentLink;
+
+pub fn main() -> ExitCode {
+    if std::io::stdin().is_terminal() {
+        eprintln!(
+            "vigil collector: stdin is a terminal. This process is started by `vigil run` and speaks \
+             a binary protocol on stdin/stdout; run `vigil run` (or `vigil once`) instead."
+        );
+        return ExitCode::from(1);
+    }
+    crate::logging::init_collector();
+    let incarnation: u64 = std::env::var("VIGIL_INCARNATION").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let fault = match Fault::from_env() {
+        Ok(f) => f.filter(|f| f.applies_to(incarnation)),
+        Err(e) => {
+            tracing::error!(error = %e, "Ignoring an invalid VIGIL_FAULT.");
+            None
+        }
+    };
+    let system = actix_rt::System::new();
+    system.block_on(async {
+        ParentLink::new(vigil_actors::VERSION, fault).start();
+    });
+    let code = system.run_with_code().unwrap_or(1);
+    tracing::info!(code, "Collector exiting.");
+    // Exit here rather than unwinding the runtime: a blocking stdin read may still be parked.
+    std::process::exit(code)
+}

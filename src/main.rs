@@ -1,0 +1,64 @@
+//! `vigil`: parse the command line, load the config, run, map the outcome to an exit code
+//! (0 success, 78 invalid configuration, 1 any other fatal error).
+
+mod collector;
+mod config;
+mod logging;
+mod run;
+mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for an invalid configuration (sysexits EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(
+    name = "vigil",
+    version,
+    about = "Host monitoring agent: a small supervisor and a crash-isolated collector child."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the supervisor (in the foreground).
+    Run(run::RunArgs),
+    /// The collector child; started by `vigil run`, speaks the IPC protocol on stdin/stdout.
+    Collector,
+    /// Validate the configuration; print every error with file, line and column.
+    CheckConfig {
+        /// Config file (default: $VIGIL_CONFIG, else /etc/vigil/vigil.toml if it exists).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run::main(args),
+        Command::Collector => collector::main(),
+        Command::CheckConfig { config } => check_config(config),
+    }
+}
+
+fn check_config(path: Option<PathBuf>) -> ExitCode {
+    let source = config::lookup(path.as_deref());
+    match config::load(&source) {
+        Ok(_) => {
+            println!("{source}: ok");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}

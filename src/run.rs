@@ -1,0 +1,105 @@
+//! `vigil run`: the supervisor process. Wires the Supervisor actor, the status endpoint and
+//! the stop signals together on one actix System whose thread lives as long as the process
+//! (the collector's PR_SET_PDEATHSIG is tied to the thread that spawned it).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use actix::Actor;
+use anyhow::Context as _;
+use tokio::signal::unix::{signal, SignalKind};
+use vigil_actors::config::Config;
+use vigil_actors::supervisor::{Shutdown, Supervisor, SupervisorSettings};
+
+use crate::config;
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Config file (default: $VIGIL_CONFIG, else /etc/vigil/vigil.toml if it exists, else built-in defaults).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory (overrides agent.data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Log file (overrides agent.log_file); default stderr.
+    #[arg(long)]
+    log_file: Option<PathBuf>,
+}
+
+pub fn main(args: RunArgs) -> ExitCode {
+    let source = config::lookup(args.config.as_deref());
+    let cfg = match config::load(&source) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(crate::EXIT_CONFIG);
+        }
+    };
+    match run(args, source, cfg) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "Fatal error.");
+            eprintln!("vigil: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: RunArgs, source: config::Source, cfg: Config) -> anyhow::Result<i32> {
+    let log_file = args
+        .log_file
+        .clone()
+        .or_else(|| (!cfg.agent.log_file.is_empty()).then(|| PathBuf::from(&cfg.agent.log_file)));
+    crate::logging::init_supervisor(cfg.agent.log_level, log_file.as_deref())?;
+    let data_dir = config::data_dir(args.data_dir.as_deref(), &cfg);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    let listen = cfg.status.listen_addr().map_err(anyhow::Error::msg)?;
+    let token = match cfg.status.token_file.as_str() {
+        "" => None,
+        f => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read status.token_file {f}"))?
+                .trim()
+                .to_string(),
+        ),
+    };
+    let program =
+        std::env::current_exe().context("cannot find the vigil executable to run as the collector")?;
+    tracing::info!(
+        version = vigil_actors::VERSION,
+        pid = std::process::id(),
+        config = %source,
+        data_dir = %data_dir.display(),
+        "Supervisor starting."
+    );
+    let settings = SupervisorSettings {
+        config: cfg.supervisor.clone(),
+        data_dir,
+        program,
+        args: vec!["collector".into()],
+        env: vec![(crate::logging::CHILD_LEVEL_ENV.into(), cfg.agent.log_level.as_str().into())],
+        version: vigil_actors::VERSION.to_string(),
+    };
+
+    let system = actix_rt::System::new();
+    let started: anyhow::Result<()> = system.block_on(async move {
+        let supervisor = Supervisor::new(settings).start();
+        if let Some((_handle, addr)) = crate::status::start(&listen, token, supervisor.clone())? {
+            tracing::info!(addr = %addr, "Status endpoint listening.");
+        }
+        for (kind, name) in [(SignalKind::terminate(), "SIGTERM"), (SignalKind::interrupt(), "SIGINT")] {
+            let mut stream = signal(kind).with_context(|| format!("cannot handle {name}"))?;
+            let sup = supervisor.clone();
+            actix_rt::spawn(async move {
+                while stream.recv().await.is_some() {
+                    sup.do_send(Shutdown { signal: name });
+                }
+            });
+        }
+        Ok(())
+    });
+    started?;
+    let code = system.run_with_code().context("supervisor event loop failed")?;
+    Ok(code)
+}

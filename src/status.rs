@@ -1,0 +1,124 @@
+//! The supervisor's local HTTP endpoint (CONTRACT §5): `/status` and `/healthz`.
+//!
+//! It runs on actix-web worker threads and only talks to the Supervisor through
+//! `GetStatus`, so a slow or hostile client can never block supervision.
+
+use std::os::unix::fs::PermissionsExt;
+
+use actix::Addr;
+use actix_web::{http::header, web, App, HttpRequest, HttpResponse, HttpServer};
+use anyhow::Context as _;
+use vigil_actors::config::ListenAddr;
+use vigil_actors::supervisor::{GetStatus, Supervisor};
+
+struct AppState {
+    supervisor: Addr<Supervisor>,
+    /// Bearer token every request must carry, when configured.
+    token: Option<String>,
+}
+
+/// Binds the listener and starts serving; returns the server handle (to stop it) and a
+/// description of where it listens. `Ok(None)` when disabled.
+pub fn start(
+    listen: &ListenAddr,
+    token: Option<String>,
+    supervisor: Addr<Supervisor>,
+) -> anyhow::Result<Option<(actix_web::dev::ServerHandle, String)>> {
+    let state = web::Data::new(AppState { supervisor, token });
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route("/status", web::get().to(status))
+            .route("/healthz", web::get().to(healthz))
+            .default_service(web::to(not_found))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1);
+    let (server, addr) = match listen {
+        ListenAddr::Disabled => return Ok(None),
+        ListenAddr::Tcp(a) => {
+            let s = server.bind(a).with_context(|| format!("cannot listen on {a} (status.listen)"))?;
+            let bound = s.addrs().first().map(|a| a.to_string()).unwrap_or_else(|| a.to_string());
+            (s, bound)
+        }
+        ListenAddr::Unix(path) => {
+            if path.exists() {
+                std::fs::remove_file(path)
+                    .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+            }
+            let s = server
+                .bind_uds(path)
+                .with_context(|| format!("cannot listen on unix:{} (status.listen)", path.display()))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("cannot restrict {} to mode 0600", path.display()))?;
+            (s, format!("unix:{}", path.display()))
+        }
+    };
+    let server = server.run();
+    let handle = server.handle();
+    actix_rt::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "Status endpoint stopped with an error.");
+        }
+    });
+    Ok(Some((handle, addr)))
+}
+
+/// Constant-time comparison of the presented bearer token.
+fn authorized(req: &HttpRequest, state: &AppState) -> bool {
+    let Some(want) = &state.token else { return true };
+    let got = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let (a, b) = (got.as_bytes(), want.as_bytes());
+    let mut diff = u8::from(a.len() != b.len());
+    for i in 0..a.len().max(b.len()) {
+        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
+    }
+    diff == 0
+}
+
+fn unauthorized() -> HttpResponse {
+    HttpResponse::Unauthorized()
+        .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
+        .json(serde_json::json!({ "error": "missing or wrong bearer token" }))
+}
+
+async fn status(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if !authorized(&req, &state) {
+        return unauthorized();
+    }
+    match state.supervisor.send(GetStatus).await {
+        Ok(snap) => HttpResponse::Ok().json(snap),
+        Err(e) => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({ "error": format!("supervisor unavailable: {e}") })),
+    }
+}
+
+async fn healthz(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if !authorized(&req, &state) {
+        return unauthorized();
+    }
+    match state.supervisor.send(GetStatus).await {
+        Ok(snap) => match snap.health() {
+            Ok(()) => HttpResponse::Ok().content_type("text/plain").body("ok\n"),
+            Err(why) => {
+                HttpResponse::ServiceUnavailable().content_type("text/plain").body(format!("{why}\n"))
+            }
+        },
+        Err(e) => HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body(format!("supervisor unavailable: {e}\n")),
+    }
+}
+
+async fn not_found(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if !authorized(&req, &state) {
+        return unauthorized();
+    }
+    HttpResponse::NotFound().json(serde_json::json!({ "error": format!("no such endpoint: {}", req.path()) }))
+}
