@@ -109,14 +109,14 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         Ok(d) => d,
         Err(e) => {
             let (line, column) = e.span().map(|s| line_col(text, s.start)).unzip();
-            return Err(vec![ConfigError { line, column, message: e.message().trim().to_string() }]);
+            return Err(vec![ConfigError { line, column, message: one_line(e.message()) }]);
         }
     };
     let mut tree: toml::Value = match toml::from_str(text) {
         Ok(v) => v,
         Err(e) => {
             let (line, column) = e.span().map(|s| line_col(text, s.start)).unzip();
-            return Err(vec![ConfigError { line, column, message: e.message().trim().to_string() }]);
+            return Err(vec![ConfigError { line, column, message: one_line(e.message()) }]);
         }
     };
     let mut errors = Vec::new();
@@ -130,7 +130,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             }
             Err(e) => {
                 let mut path = segments(e.path());
-                let message = e.inner().to_string();
+                let message = one_line(&e.inner().to_string());
                 if let Some(field) = unknown_field(&message) {
                     if path.last() != Some(&Segment::Key(field.to_string())) {
                         path.push(Segment::Key(field.to_string()));
@@ -275,6 +275,11 @@ enum Node<'a> {
     Table(&'a toml_edit::Table),
 }
 
+/// Parser messages may span lines; an error list wants one line per error.
+fn one_line(message: &str) -> String {
+    message.trim().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
+}
+
 /// 1-based line and column (in characters) of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
@@ -316,6 +321,12 @@ mod tests {
             .into_iter()
             .map(|e| format!("{}:{}: {}", e.line.unwrap_or(0), e.column.unwrap_or(0), e.message))
             .collect()
+    }
+
+    #[test]
+    fn the_shipped_config_states_exactly_the_built_in_defaults() {
+        let shipped = include_str!("../config/vigil.toml");
+        assert_eq!(parse(shipped).unwrap(), Config::default());
     }
 
     #[test]

@@ -330,7 +330,7 @@ async fn read_stdout(
             Ok(n) => n,
         };
         dec.feed(&buf[..n]);
-        while let Some(item) = dec.next::<FromCollector>() {
+        while let Some(item) = dec.next_item::<FromCollector>() {
             match item {
                 Decoded::Message(msg) => {
                     to.do_send(ChildMessage { incarnation, received: Instant::now(), msg })

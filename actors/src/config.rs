@@ -255,15 +255,17 @@ impl Config {
         }
         match self.status.listen_addr() {
             Err(e) => bad("status.listen", e),
-            Ok(ListenAddr::Tcp(addr)) if !addr.ip().is_loopback() && self.status.token_file.is_empty() => bad(
-                "status.listen",
-                format!(
+            Ok(ListenAddr::Tcp(addr)) if !addr.ip().is_loopback() && self.status.token_file.is_empty() => {
+                bad(
+                    "status.listen",
+                    format!(
                     "{addr} is not a loopback address: set status.token_file so requests need a bearer token"
                 ),
-            ),
+                )
+            }
             Ok(_) => {}
         }
-        for (k, _) in &self.agent.tags {
+        for k in self.agent.tags.keys() {
             if k.is_empty() {
                 bad("agent.tags", "tag names must not be empty".into());
             }

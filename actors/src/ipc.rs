@@ -103,7 +103,7 @@ pub enum Decoded<T> {
     Invalid(FrameError),
 }
 
-/// Incremental decoder: `feed` it bytes as they arrive, then drain `next` until `None`.
+/// Incremental decoder: `feed` it bytes as they arrive, then drain `next_item` until `None`.
 pub struct Decoder {
     buf: Vec<u8>,
     /// Start of unconsumed bytes in `buf`.
@@ -147,7 +147,7 @@ impl Decoder {
     }
 
     /// The next complete item, or `None` when more input is needed.
-    pub fn next<T: DeserializeOwned>(&mut self) -> Option<Decoded<T>> {
+    pub fn next_item<T: DeserializeOwned>(&mut self) -> Option<Decoded<T>> {
         loop {
             if self.line.len() >= self.max_line {
                 return Some(Decoded::Text(std::mem::take(&mut self.line)));
@@ -252,7 +252,7 @@ mod tests {
     use rand::{rngs::StdRng, Rng, SeedableRng};
 
     fn drain<T: DeserializeOwned>(d: &mut Decoder) -> Vec<Decoded<T>> {
-        std::iter::from_fn(|| d.next::<T>()).collect()
+        std::iter::from_fn(|| d.next_item::<T>()).collect()
     }
 
     #[test]
@@ -300,12 +300,12 @@ mod tests {
         let mut d = Decoder::new(1024, 64);
         d.feed(&header);
         assert_eq!(
-            d.next::<ToCollector>(),
+            d.next_item::<ToCollector>(),
             Some(Decoded::Invalid(FrameError::Oversized { len: 1 << 30, max: 1024 }))
         );
         for _ in 0..100 {
             d.feed(&[0u8; 1 << 16]);
-            assert!(d.next::<ToCollector>().is_none());
+            assert!(d.next_item::<ToCollector>().is_none());
             assert!(d.buffered() < 1 << 17, "oversized body must not be buffered");
         }
     }
@@ -348,12 +348,12 @@ mod tests {
         frame[last] ^= 0x40;
         let mut d = Decoder::default();
         d.feed(&frame);
-        assert_eq!(d.next::<ToCollector>(), Some(Decoded::Invalid(FrameError::BadChecksum)));
+        assert_eq!(d.next_item::<ToCollector>(), Some(Decoded::Invalid(FrameError::BadChecksum)));
         // A valid frame whose body is a different type.
         d.feed(&encode(&"not a message").unwrap());
-        assert!(matches!(d.next::<ToCollector>(), Some(Decoded::Invalid(FrameError::BadBody(_)))));
+        assert!(matches!(d.next_item::<ToCollector>(), Some(Decoded::Invalid(FrameError::BadBody(_)))));
         d.feed(&encode(&ToCollector::Heartbeat { seq: 6 }).unwrap());
-        assert_eq!(d.next::<ToCollector>(), Some(Decoded::Message(ToCollector::Heartbeat { seq: 6 })));
+        assert_eq!(d.next_item::<ToCollector>(), Some(Decoded::Message(ToCollector::Heartbeat { seq: 6 })));
     }
 
     /// Property: for any input, the decoder never panics and keeps its memory bounded; and
@@ -464,7 +464,7 @@ mod tests {
             let n = rng.gen_range(1..=input.len() - at);
             d.feed(&input[at..at + n]);
             at += n;
-            while let Some(item) = d.next::<FromCollector>() {
+            while let Some(item) = d.next_item::<FromCollector>() {
                 on_item(item);
             }
         }

@@ -90,7 +90,7 @@ impl Actor for ParentLink {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
                         dec.feed(&buf[..n]);
-                        while let Some(item) = dec.next::<ToCollector>() {
+                        while let Some(item) = dec.next_item::<ToCollector>() {
                             match item {
                                 Decoded::Message(m) => me.do_send(Inbound::Message(m)),
                                 Decoded::Text(t) => tracing::warn!(

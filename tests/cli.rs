@@ -1,0 +1,131 @@
+//! The command line: config checking, exit codes, running with no config at all.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::*;
+
+fn fixtures(kind: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(kind);
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.path()).collect();
+    v.sort();
+    assert!(!v.is_empty());
+    v
+}
+
+fn check_config(path: &Path) -> (Option<i32>, String) {
+    let out = Command::new(VIGIL).arg("check-config").arg("--config").arg(path).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn invalid_configs_exit_78_and_name_every_error_by_line_and_column() {
+    for f in fixtures("invalid") {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let expected: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# expect: ")).collect();
+        assert!(!expected.is_empty(), "{} has no `# expect:` lines", f.display());
+        let (code, out) = check_config(&f);
+        assert_eq!(code, Some(78), "{}: {out}", f.display());
+        for e in expected {
+            if let Some(n) = e.strip_suffix(" errors").or(e.strip_suffix(" error")) {
+                let n: usize = n.parse().unwrap();
+                let listed = out.lines().filter(|l| l.starts_with("  ")).count();
+                assert_eq!(listed, n, "{}: error count in\n{out}", f.display());
+            } else {
+                assert!(out.contains(e), "{}: expected {e:?} in\n{out}", f.display());
+            }
+        }
+        // `vigil run` refuses the same file with the same code, before starting anything.
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(VIGIL)
+            .args(["run", "--config"])
+            .arg(&f)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(78), "run {}", f.display());
+        assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("{}:", f.display())));
+    }
+}
+
+#[test]
+fn valid_configs_and_the_shipped_one_pass() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/vigil.toml");
+    for f in fixtures("valid").into_iter().chain([shipped]) {
+        let (code, out) = check_config(&f);
+        assert_eq!(code, Some(0), "{}: {out}", f.display());
+    }
+}
+
+#[test]
+fn missing_config_file_is_a_config_error() {
+    let (code, out) = check_config(Path::new("/nonexistent/vigil.toml"));
+    assert_eq!(code, Some(78));
+    assert!(out.contains("/nonexistent/vigil.toml"), "{out}");
+}
+
+#[test]
+fn run_with_no_config_file_uses_built_in_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let mut child = Command::new(VIGIL)
+        .arg("run")
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--log-file")
+        .arg(&log)
+        .env_remove("VIGIL_CONFIG")
+        .env_remove("VIGIL_FAULT")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut ok = false;
+    while std::time::Instant::now() < deadline {
+        if let Ok(mut s) = std::net::TcpStream::connect("127.0.0.1:9779") {
+            use std::io::{Read, Write};
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+            let mut r = String::new();
+            s.read_to_string(&mut r).unwrap();
+            if r.starts_with("HTTP/1.1 200") {
+                ok = true;
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let st = child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(ok, "built-in defaults serve /healthz on 127.0.0.1:9779; log:\n{text}");
+    assert_eq!(st.code(), Some(0));
+    assert!(text.contains("config=built-in defaults"), "{text}");
+}
+
+#[test]
+fn collector_refuses_a_terminal() {
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty fills two fds.
+    let rc = unsafe {
+        libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null())
+    };
+    assert_eq!(rc, 0, "openpty");
+    // SAFETY: `slave` is a fresh fd we own.
+    let tty = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(slave) };
+    let out = Command::new(VIGIL).arg("collector").stdin(tty).output().unwrap();
+    unsafe { libc::close(master) };
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stdin is a terminal"));
+}
+
+#[test]
+fn version_flag() {
+    let out = Command::new(VIGIL).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("vigil "));
+}

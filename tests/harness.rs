@@ -1,0 +1,242 @@
+//! Drives the real `vigil` binary: starts `vigil run` with a config in a temp dir, reads its
+//! log and its status endpoint, sends it real signals.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const VIGIL: &str = env!("CARGO_BIN_EXE_vigil");
+
+/// Fast supervision settings for tests; `overrides` are `key = value` lines for
+/// `[supervisor]` that replace (or add to) the fast defaults.
+pub fn fast_config(overrides: &str) -> String {
+    let mut keys: Vec<(String, String)> = [
+        ("heartbeat_interval_secs", "0.5"),
+        ("heartbeat_timeout_secs", "2"),
+        ("restart_initial_delay_ms", "100"),
+        ("restart_max_delay_secs", "2"),
+        ("stop_grace_secs", "3"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for line in overrides.lines().filter(|l| !l.trim().is_empty()) {
+        let (k, v) = line.split_once('=').expect("key = value");
+        let (k, v) = (k.trim().to_string(), v.trim().to_string());
+        match keys.iter_mut().find(|(key, _)| *key == k) {
+            Some(slot) => slot.1 = v,
+            None => keys.push((k, v)),
+        }
+    }
+    let body: String = keys.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+    format!("[supervisor]\n{body}\n[status]\nlisten = \"127.0.0.1:0\"\n")
+}
+
+pub struct Agent {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub log: PathBuf,
+    pub addr: String,
+}
+
+impl Agent {
+    /// Starts `vigil run` with `config` and extra environment; waits for the status endpoint.
+    pub fn start(config: &str, env: &[(&str, &str)]) -> Agent {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cfg = dir.path().join("vigil.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let log = dir.path().join("vigil.log");
+        let mut cmd = Command::new(VIGIL);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--log-file")
+            .arg(&log)
+            .env_remove("VIGIL_FAULT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn vigil run");
+        let mut agent = Agent { child, dir, log, addr: String::new() };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(addr) = agent.log_text().lines().find_map(|l| {
+                l.contains("Status endpoint listening")
+                    .then(|| l.split("addr=").nth(1).map(|a| a.trim().to_string()))?
+            }) {
+                agent.addr = addr;
+                break;
+            }
+            if let Ok(Some(st)) = agent.child.try_wait() {
+                let mut err = String::new();
+                agent.child.stderr.take().unwrap().read_to_string(&mut err).ok();
+                panic!("vigil run exited early ({st}): {err}\nlog:\n{}", agent.log_text());
+            }
+            assert!(Instant::now() < deadline, "status endpoint never came up; log:\n{}", agent.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        agent
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn crash_dir(&self) -> PathBuf {
+        self.data_dir().join("crashes")
+    }
+
+    pub fn log_text(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    /// The last lines of the log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = self.log_text();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(&self.addr, path, None)
+    }
+
+    pub fn status(&self) -> Value {
+        let (code, body) = self.get("/status");
+        assert_eq!(code, 200, "/status: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("/status is not JSON ({e}): {body}"))
+    }
+
+    /// Polls `/status` until `pred` holds; panics with the log after `timeout`.
+    pub fn wait_status(&self, timeout: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status();
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; status: {s:#}\nlog:\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Waits until a collector incarnation `n` (or later) is running.
+    pub fn wait_running(&self, incarnation: u64, timeout: Duration) -> Value {
+        self.wait_status(timeout, &format!("incarnation {incarnation} running"), |s| {
+            s["collector"]["state"] == "running"
+                && s["collector"]["incarnation"].as_u64() >= Some(incarnation)
+        })
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// SIGTERM, then the exit status (panics after `timeout`).
+    pub fn stop(mut self, timeout: Duration) -> (ExitStatus, Agent) {
+        self.signal(libc::SIGTERM);
+        let st = self.wait_exit(timeout);
+        (st, self)
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "vigil did not exit; log:\n{}", self.log_tail());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Lines of the log containing `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.log_text().lines().filter(|l| l.contains(needle)).map(String::from).collect()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET (the tests must not depend on the code they test).
+pub fn http_get(addr: &str, path: &str, bearer: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, body.to_string())
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(')').map(|(_, r)| !r.trim_start().starts_with('Z')).unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Children of `ppid` that are zombies.
+pub fn zombie_children(ppid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() > 2 && f[0] == "Z" && f[1].parse::<i32>().ok() == Some(ppid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Open file descriptors of a process.
+pub fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Timestamp at the start of a log line.
+pub fn line_time(line: &str) -> chrono::DateTime<chrono::Utc> {
+    let ts = line.split_whitespace().next().unwrap_or("");
+    chrono::DateTime::parse_from_rfc3339(ts)
+        .unwrap_or_else(|e| panic!("no timestamp in {line:?}: {e}"))
+        .to_utc()
+}
+
+pub fn crash_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}

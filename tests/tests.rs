@@ -1,0 +1,6 @@
+//! Integration tests: the real `vigil` binary, real processes, real signals.
+
+mod harness;
+
+mod cli;
+mod supervision;
