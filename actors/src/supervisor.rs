@@ -444,6 +444,7 @@ impl Handler<ChildExited> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, ev: ChildExited, ctx: &mut Context<Self>) {
+        tracing::debug!(pid = ev.pid, incarnation = ev.incarnation, "Exit event received.");
         let Some(cur) = self.current.take_if(|c| c.incarnation == ev.incarnation) else {
             return;
         };
