@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use actix::Actor;
+use actix::AsyncContext;
 use anyhow::Context as _;
 use tokio::signal::unix::{signal, SignalKind};
 use vigil_actors::config::Config;
@@ -57,12 +57,17 @@ fn run(args: RunArgs, source: config::Source, cfg: Config) -> anyhow::Result<i32
     let listen = cfg.status.listen_addr().map_err(anyhow::Error::msg)?;
     let token = match cfg.status.token_file.as_str() {
         "" => None,
-        f => Some(
-            std::fs::read_to_string(f)
+        f => {
+            let token = std::fs::read_to_string(f)
                 .with_context(|| format!("cannot read status.token_file {f}"))?
                 .trim()
-                .to_string(),
-        ),
+                .to_string();
+            anyhow::ensure!(
+                !token.is_empty(),
+                "status.token_file {f} is empty: refusing to serve without a token"
+            );
+            Some(token)
+        }
     };
     let program =
         std::env::current_exe().context("cannot find the vigil executable to run as the collector")?;
@@ -84,10 +89,14 @@ fn run(args: RunArgs, source: config::Source, cfg: Config) -> anyhow::Result<i32
 
     let system = actix_rt::System::new();
     let started: anyhow::Result<()> = system.block_on(async move {
-        let supervisor = Supervisor::new(settings).start();
+        // Bind the status endpoint before the first collector is spawned: a port in use is
+        // a fatal start-up error and must not leave a child behind.
+        let ctx = actix::Context::<Supervisor>::new();
+        let supervisor = ctx.address();
         if let Some((_handle, addr)) = crate::status::start(&listen, token, supervisor.clone())? {
             tracing::info!(addr = %addr, "Status endpoint listening.");
         }
+        ctx.run(Supervisor::new(settings));
         for (kind, name) in [(SignalKind::terminate(), "SIGTERM"), (SignalKind::interrupt(), "SIGINT")] {
             let mut stream = signal(kind).with_context(|| format!("cannot handle {name}"))?;
             let sup = supervisor.clone();
@@ -97,6 +106,13 @@ fn run(args: RunArgs, source: config::Source, cfg: Config) -> anyhow::Result<i32
                 }
             });
         }
+        // SIGHUP's default action would kill the supervisor without stopping the collector.
+        let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+        actix_rt::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP received; nothing to reload (the log file is not reopened yet).");
+            }
+        });
         Ok(())
     });
     started?;

@@ -3,7 +3,7 @@
 //! It runs on actix-web worker threads and only talks to the Supervisor through
 //! `GetStatus`, so a slow or hostile client can never block supervision.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 
 use actix::Addr;
 use actix_web::{http::header, web, App, HttpRequest, HttpResponse, HttpServer};
@@ -43,7 +43,13 @@ pub fn start(
             (s, bound)
         }
         ListenAddr::Unix(path) => {
-            if path.exists() {
+            // Remove a stale socket from an earlier run, but never anything else.
+            if let Ok(meta) = std::fs::symlink_metadata(path) {
+                anyhow::ensure!(
+                    meta.file_type().is_socket(),
+                    "status.listen unix:{} exists and is not a socket; refusing to replace it",
+                    path.display()
+                );
                 std::fs::remove_file(path)
                     .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
             }

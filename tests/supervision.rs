@@ -182,7 +182,8 @@ fn crash_loop_delays_grow_and_the_state_says_crash_loop() {
     for w in gaps.windows(2) {
         assert!(w[1] > w[0], "gaps grow: {gaps:?}");
     }
-    assert!(agent.log_lines("crash-looping").iter().any(|l| l.contains(" ERROR ")));
+    let loop_errors = agent.log_lines("crash-looping").iter().filter(|l| l.contains(" ERROR ")).count();
+    assert_eq!(loop_errors, 1, "the crash loop is announced once, on entry");
     // It never gives up: still restarting.
     agent.wait_status(T, "6 incarnations", |s| s["collector"]["incarnation"].as_u64() >= Some(6));
 }

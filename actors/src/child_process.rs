@@ -205,7 +205,8 @@ impl ChildProcess {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let parent = std::process::id() as libc::pid_t;
-        // SAFETY: only async-signal-safe calls (prctl, getppid, setpgid) between fork and exec.
+        // SAFETY: only async-signal-safe calls (prctl, getppid, setpgid) and no allocation
+        // between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
                 // Die with the supervisor, even if it is SIGKILLed.
@@ -214,7 +215,8 @@ impl ChildProcess {
                 }
                 // The parent may have died before prctl took effect.
                 if libc::getppid() != parent {
-                    return Err(std::io::Error::other("supervisor exited during spawn"));
+                    // No allocation between fork and exec: a plain errno.
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
                 }
                 // Own process group: a Ctrl-C at the terminal reaches the supervisor only,
                 // which then stops the collector gracefully.
@@ -365,9 +367,9 @@ async fn read_stderr(mut err: impl AsyncRead + Unpin, pid: u32, tail: Rc<RefCell
             rest = &rest[i + 1..];
         }
         line.extend_from_slice(rest);
-        if line.len() >= ipc::DEFAULT_MAX_LINE {
-            log_output(pid, "stderr", &line);
-            line.clear();
+        while line.len() >= ipc::DEFAULT_MAX_LINE {
+            log_output(pid, "stderr", &line[..ipc::DEFAULT_MAX_LINE]);
+            line.drain(..ipc::DEFAULT_MAX_LINE);
         }
     }
     if !line.is_empty() {
@@ -416,8 +418,13 @@ impl Handler<PipeEvent> for ChildProcess {
                 });
             }
             PipeEvent::WaitFailed(e) => {
+                // Cannot happen for our own child short of a kernel oddity; kill it and report
+                // an end with unknown status rather than keep a child we cannot watch.
                 tracing::error!(pid = self.pid, error = %e, "Cannot wait for the collector; killing it.");
                 self.kill();
+                self.exit = Some((ExitInfo { code: None, signal: None, core_dumped: false }, Instant::now()));
+                self.stdin_tx = None;
+                ctx.run_later(PIPE_DRAIN_GRACE, |this, ctx| this.maybe_report(ctx, true));
             }
         }
         self.maybe_report(ctx, false);

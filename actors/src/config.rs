@@ -214,7 +214,7 @@ impl Config {
             ("collectors.interval_secs", self.collectors.interval_secs),
         ] {
             if !(v.is_finite() && v > 0.0 && v <= 1e7) {
-                bad(key, format!("must be a number of seconds above 0, got {v}"));
+                bad(key, format!("must be a number of seconds above 0 and at most 10000000, got {v}"));
             }
         }
         for (key, v) in [
@@ -223,7 +223,7 @@ impl Config {
             ("supervisor.quarantine_secs", s.quarantine_secs),
         ] {
             if !(v.is_finite() && (0.0..=1e7).contains(&v)) {
-                bad(key, format!("must be a number of seconds, 0 or more, got {v}"));
+                bad(key, format!("must be a number of seconds from 0 to 10000000, got {v}"));
             }
         }
         if s.heartbeat_timeout_secs <= s.heartbeat_interval_secs {
@@ -239,6 +239,12 @@ impl Config {
             bad(
                 "supervisor.restart_initial_delay_ms",
                 format!("must not exceed restart_max_delay_secs ({} s)", s.restart_max_delay_secs),
+            );
+        }
+        if s.restart_initial_delay_ms == 0 {
+            bad(
+                "supervisor.restart_initial_delay_ms",
+                "must be at least 1: restarting with no delay is a busy loop".into(),
             );
         }
         if s.crash_loop_crashes == 0 {

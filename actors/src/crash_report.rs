@@ -149,6 +149,10 @@ pub fn prune(dir: &Path, keep: usize) -> Result<usize, ReportError> {
         for e in entries.filter_map(|e| e.ok()) {
             let name = e.file_name();
             let Some(name) = name.to_str() else { continue };
+            if name.starts_with('.') && name.ends_with(".json.tmp") {
+                let _ = fs::remove_file(e.path());
+                continue;
+            }
             if let Some(id) = name.strip_suffix(".stderr") {
                 if !kept.contains(&id.to_string()) && !dir.join(format!("{id}.json")).exists() {
                     let _ = fs::remove_file(e.path());

@@ -205,6 +205,7 @@ enum KillReason {
     Unresponsive,
     StdoutClosed,
     StopGraceExpired,
+    SecondStopSignal,
 }
 
 struct Current {
@@ -228,6 +229,8 @@ pub struct Supervisor {
     last_ack: Option<Instant>,
     rtt: Option<Duration>,
     spawn_error: Option<String>,
+    /// Whether the last restart decision was a crash loop (the ERROR is logged on entry only).
+    in_crash_loop: bool,
 }
 
 impl Supervisor {
@@ -245,6 +248,7 @@ impl Supervisor {
             last_ack: None,
             rtt: None,
             spawn_error: None,
+            in_crash_loop: false,
         }
     }
 
@@ -253,20 +257,19 @@ impl Supervisor {
         if matches!(self.state, State::Stopping | State::Stopped) {
             return;
         }
-        if self.incarnation > 0 {
-            self.restarts += 1;
-        }
-        self.incarnation += 1;
+        // Incarnation numbers go to processes that started: a failed spawn does not use one,
+        // so VIGIL_INCARNATION (and `xN` faults) count real collectors.
+        let incarnation = self.incarnation + 1;
         self.state = State::Starting;
         self.last_ack = None;
         self.rtt = None;
         let mut env = self.settings.env.clone();
-        env.push(("VIGIL_INCARNATION".into(), self.incarnation.to_string().into()));
+        env.push(("VIGIL_INCARNATION".into(), incarnation.to_string().into()));
         let spec = SpawnSpec {
             program: self.settings.program.clone(),
             args: self.settings.args.clone(),
             env,
-            incarnation: self.incarnation,
+            incarnation,
             stderr_tail_bytes: self.settings.config.stderr_tail_bytes as usize,
         };
         let me = ctx.address();
@@ -277,6 +280,10 @@ impl Supervisor {
         };
         match ChildProcess::spawn(spec, events) {
             Ok((addr, pid)) => {
+                if self.incarnation > 0 {
+                    self.restarts += 1;
+                }
+                self.incarnation = incarnation;
                 self.spawn_error = None;
                 let cfg = &self.settings.config;
                 let heartbeat = Heartbeat::new(
@@ -305,7 +312,7 @@ impl Supervisor {
     fn schedule_restart(&mut self, ctx: &mut Context<Self>, lived: Duration) {
         let now = Instant::now();
         let d = self.policy.on_crash(now, lived, rand::thread_rng().gen::<f64>());
-        let was_loop = self.state == State::CrashLoop;
+        let was_loop = std::mem::replace(&mut self.in_crash_loop, d.crash_loop);
         self.state = if d.crash_loop { State::CrashLoop } else { State::Backoff };
         if d.crash_loop && !was_loop {
             tracing::error!(
@@ -452,7 +459,7 @@ impl Handler<ChildExited> for Supervisor {
         let stopping = self.state == State::Stopping;
         let exit = ev.exit;
         let reason = match (stopping, cur.kill_reason) {
-            (true, _) | (_, Some(KillReason::StopGraceExpired)) => "stopped",
+            (true, _) | (_, Some(KillReason::StopGraceExpired | KillReason::SecondStopSignal)) => "stopped",
             (false, Some(KillReason::Unresponsive | KillReason::StdoutClosed)) => "unresponsive",
             (false, None) if exit.signal.is_some() => "signaled",
             (false, None) => "exited",
@@ -467,6 +474,7 @@ impl Handler<ChildExited> for Supervisor {
             Some(KillReason::StopGraceExpired) => {
                 Some("did not exit within stop_grace_secs; killed".to_string())
             }
+            Some(KillReason::SecondStopSignal) => Some("killed on a second stop signal".to_string()),
             None => None,
         };
         let clean = exit.code == Some(0);
@@ -513,18 +521,29 @@ impl Handler<ChildExited> for Supervisor {
                 }
             }
             let report_id = last.crash_report.as_deref().unwrap_or("none");
-            tracing::error!(
-                pid = ev.pid,
-                incarnation = ev.incarnation,
-                reason,
-                code = exit.code,
-                signal = last.signal_name.as_deref(),
-                core_dumped = exit.core_dumped,
-                uptime_ms = last.uptime_ms,
-                report = report_id,
-                "Collector {} ({how}); crash report {report_id}.",
-                if reason == "unresponsive" { "was unresponsive and was killed" } else { "crashed" },
-            );
+            if stopping {
+                // Still a report (its stderr may say why it would not stop), but not a crash.
+                tracing::warn!(
+                    pid = ev.pid,
+                    code = exit.code,
+                    signal = last.signal_name.as_deref(),
+                    report = report_id,
+                    "Collector did not stop cleanly ({how}); crash report {report_id}."
+                );
+            } else {
+                tracing::error!(
+                    pid = ev.pid,
+                    incarnation = ev.incarnation,
+                    reason,
+                    code = exit.code,
+                    signal = last.signal_name.as_deref(),
+                    core_dumped = exit.core_dumped,
+                    uptime_ms = last.uptime_ms,
+                    report = report_id,
+                    "Collector {} ({how}); crash report {report_id}.",
+                    if reason == "unresponsive" { "was unresponsive and was killed" } else { "crashed" },
+                );
+            }
         } else if !stopping {
             tracing::warn!(
                 pid = ev.pid,
@@ -549,7 +568,7 @@ impl Handler<Shutdown> for Supervisor {
     fn handle(&mut self, m: Shutdown, ctx: &mut Context<Self>) {
         if self.state == State::Stopping {
             tracing::warn!(signal = m.signal, "Second stop request: killing the collector now.");
-            self.kill_current(KillReason::StopGraceExpired);
+            self.kill_current(KillReason::SecondStopSignal);
             return;
         }
         if self.state == State::Stopped {
