@@ -85,6 +85,9 @@ fn run(args: RunArgs, source: config::Source, cfg: Config) -> anyhow::Result<i32
         args: vec!["collector".into()],
         env: vec![(crate::logging::CHILD_LEVEL_ENV.into(), cfg.agent.log_level.as_str().into())],
         version: vigil_actors::VERSION.to_string(),
+        collectors: cfg.collectors.clone(),
+        tags: cfg.agent.tags.clone(),
+        upload_hosts: Vec::new(),
     };
 
     let system = actix_rt::System::new();

@@ -178,19 +178,7 @@ impl StatusConfig {
     }
 }
 
-/// `[collectors]`: what the collector child runs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CollectorsConfig {
-    /// Seconds between two collections.
-    pub interval_secs: f64,
-}
-
-impl Default for CollectorsConfig {
-    fn default() -> Self {
-        Self { interval_secs: 10.0 }
-    }
-}
+pub use crate::collectors::CollectorsConfig;
 
 /// One semantic error: the dotted key path (`supervisor.heartbeat_timeout_secs`) and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,6 +264,7 @@ impl Config {
                 bad("agent.tags", "tag names must not be empty".into());
             }
         }
+        out.extend(self.collectors.validate());
         out
     }
 }

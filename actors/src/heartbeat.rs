@@ -169,8 +169,9 @@ mod tests {
     impl Handler<SendToChild> for Sink {
         type Result = ();
         fn handle(&mut self, SendToChild(m): SendToChild, _: &mut Context<Self>) {
-            let ToCollector::Heartbeat { seq } = m;
-            self.sent.push(seq);
+            if let ToCollector::Heartbeat { seq } = m {
+                self.sent.push(seq);
+            }
         }
     }
     impl Handler<HeartbeatObserved> for Sink {

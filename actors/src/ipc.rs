@@ -44,6 +44,15 @@ pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
 pub enum ToCollector {
     /// Liveness probe; answered with [`FromCollector::HeartbeatAck`] carrying the same `seq`.
     Heartbeat { seq: u64 },
+    /// What to collect. Sent right after spawn and whenever it changes (a quarantine starts
+    /// or ends); the child (re)starts its collector actors to match.
+    Configure {
+        collectors: crate::collectors::CollectorsConfig,
+        /// Collectors not to run even if enabled (quarantined).
+        disabled: Vec<String>,
+        /// Host names of the upload URLs (the dns collector's default names).
+        upload_hosts: Vec<String>,
+    },
 }
 
 /// Messages the collector sends up to the supervisor (on its stdout).
@@ -53,6 +62,17 @@ pub enum FromCollector {
     Hello { pid: u32, version: String },
     /// Answer to [`ToCollector::Heartbeat`].
     HeartbeatAck { seq: u64 },
+    /// Written, and in the pipe, before a collector's code runs: if the process dies before
+    /// the matching `CollectionEnd`, this collector was in flight.
+    CollectionBegin { collector: String },
+    /// A collection finished (or failed): its samples and how long it took.
+    CollectionEnd {
+        collector: String,
+        ts_ms: i64,
+        duration_ms: f64,
+        samples: Vec<crate::collector::Sample>,
+        error: Option<String>,
+    },
 }
 
 /// Why a frame could not be encoded.

@@ -25,10 +25,14 @@
 //! * [`parent_link`]: the child's end of the pipes.
 //! * [`crash_report`]: the files of CONTRACT §6.
 //! * [`fault`]: `VIGIL_FAULT` injection in the child.
+//! * [`collector`]: the `Collector` trait and the generic `CollectorActor`.
+//! * [`collectors`]: the one list of collectors, and each collector.
 //! * [`config`]: the configuration schema and its semantic checks.
 //! * [`signals`]: signal names.
 
 pub mod child_process;
+pub mod collector;
+pub mod collectors;
 pub mod config;
 pub mod crash_report;
 pub mod fault;

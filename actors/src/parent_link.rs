@@ -4,12 +4,15 @@
 //! Frames are written synchronously on the actor thread with one `write_all` each, so two
 //! frames never interleave and a frame written just before a crash is already in the pipe.
 
+use std::cell::RefCell;
 use std::io::Write;
+use std::rc::Rc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::io::AsyncReadExt;
 
+use crate::collector::{CollectorContext, Env, SharedWriter, StopCollector};
 use crate::fault::{self, Fault, FaultKind, FaultWhen};
 use crate::ipc::{self, Decoded, Decoder, FromCollector, ToCollector};
 
@@ -63,15 +66,45 @@ struct FireFault;
 
 /// The collector child's link to the supervisor.
 pub struct ParentLink {
-    writer: FrameWriter,
+    writer: SharedWriter,
     fault: Option<Fault>,
     version: String,
+    /// The collector actors of the current configuration.
+    collectors: Vec<Recipient<StopCollector>>,
+    /// One collection at a time across all of them (see `collector`).
+    lock: crate::collector::CollectionLock,
 }
 
 impl ParentLink {
     /// `fault` is the parsed `VIGIL_FAULT`, already filtered by incarnation.
     pub fn new(version: impl Into<String>, fault: Option<Fault>) -> Self {
-        Self { writer: FrameWriter::default(), fault, version: version.into() }
+        Self {
+            writer: Rc::new(RefCell::new(FrameWriter::default())),
+            fault,
+            version: version.into(),
+            collectors: Vec::new(),
+            lock: Rc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    fn configure(
+        &mut self,
+        collectors: crate::collectors::CollectorsConfig,
+        disabled: Vec<String>,
+        upload_hosts: Vec<String>,
+    ) {
+        for c in self.collectors.drain(..) {
+            c.do_send(StopCollector);
+        }
+        let ctx = CollectorContext {
+            env: Env { upload_hosts, ..Env::default() },
+            interval: collectors.interval(),
+            writer: self.writer.clone(),
+            lock: self.lock.clone(),
+            fault: self.fault.clone().filter(|f| matches!(f.when, FaultWhen::Collector(_))),
+        };
+        self.collectors = collectors.start(&disabled, &ctx);
+        tracing::info!(running = self.collectors.len(), disabled = ?disabled, "Collectors configured.");
     }
 }
 
@@ -79,7 +112,9 @@ impl Actor for ParentLink {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.writer.send(&FromCollector::Hello { pid: std::process::id(), version: self.version.clone() });
+        self.writer
+            .borrow_mut()
+            .send(&FromCollector::Hello { pid: std::process::id(), version: self.version.clone() });
         let me = ctx.address();
         actix_rt::spawn(async move {
             let mut stdin = tokio::io::stdin();
@@ -126,11 +161,22 @@ impl Handler<Inbound> for ParentLink {
     fn handle(&mut self, msg: Inbound, _ctx: &mut Context<Self>) {
         match msg {
             Inbound::Message(ToCollector::Heartbeat { seq }) => {
-                self.writer.send(&FromCollector::HeartbeatAck { seq });
+                self.writer.borrow_mut().send(&FromCollector::HeartbeatAck { seq });
+            }
+            Inbound::Message(ToCollector::Configure { collectors, disabled, upload_hosts }) => {
+                self.configure(collectors, disabled, upload_hosts);
             }
             Inbound::Closed => {
                 tracing::info!("Stdin closed by the supervisor; shutting down.");
-                System::current().stop_with_code(0);
+                for c in self.collectors.drain(..) {
+                    c.do_send(StopCollector);
+                }
+                // A collection in flight finishes (and sends its samples) before the exit.
+                let lock = self.lock.clone();
+                actix_rt::spawn(async move {
+                    let _guard = lock.lock().await;
+                    System::current().stop_with_code(0);
+                });
             }
         }
     }
@@ -154,13 +200,13 @@ impl Handler<FireFault> for ParentLink {
             }
             FaultKind::CloseStdout => {
                 fault::close_stdout();
-                self.writer.broken = true;
+                self.writer.borrow_mut().broken = true;
             }
             FaultKind::Garbage => {
                 // A burst now and a smaller one every half second; heartbeats keep flowing.
-                self.writer.write_raw(&fault::garbage(4096));
+                self.writer.borrow_mut().write_raw(&fault::garbage(4096));
                 ctx.run_interval(Duration::from_millis(500), |this, _| {
-                    this.writer.write_raw(&fault::garbage(256));
+                    this.writer.borrow_mut().write_raw(&fault::garbage(256));
                 });
             }
         }

@@ -23,7 +23,7 @@
 //! signal, not a surrender, since the child keeps being restarted with delays that keep
 //! doubling to the cap.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -33,12 +33,15 @@ use rand::Rng;
 use serde::Serialize;
 
 use crate::child_process::{
-    ChildEvents, ChildExited, ChildMessage, ChildProcess, ChildStdoutClosed, CloseStdin, Kill, SpawnSpec,
+    ChildEvents, ChildExited, ChildMessage, ChildProcess, ChildStdoutClosed, CloseStdin, Kill, SendToChild,
+    SpawnSpec,
 };
+use crate::collector::Sample;
+use crate::collectors::{CollectorsConfig, NAMES};
 use crate::config::SupervisorConfig;
 use crate::crash_report::{self, CrashReport, LastExit};
 use crate::heartbeat::{Ack, ChildUnresponsive, Heartbeat, HeartbeatObserved, StopHeartbeat};
-use crate::ipc::FromCollector;
+use crate::ipc::{FromCollector, ToCollector};
 use crate::signals::signal_name;
 
 /// Lifecycle state of the collector as `/status` reports it.
@@ -120,6 +123,12 @@ pub struct SupervisorSettings {
     /// Added to the inherited environment of every incarnation.
     pub env: Vec<(OsString, OsString)>,
     pub version: String,
+    /// What the collector child runs (sent to every incarnation).
+    pub collectors: CollectorsConfig,
+    /// `agent.tags`, added to every sample.
+    pub tags: BTreeMap<String, String>,
+    /// Host names of the upload URLs (the dns collector's default names).
+    pub upload_hosts: Vec<String>,
 }
 
 impl SupervisorSettings {
@@ -146,9 +155,56 @@ pub struct StatusSnapshot {
     pub pid: u32,
     pub uptime_ms: u64,
     pub collector: CollectorStatus,
-    pub collectors: Vec<serde_json::Value>,
+    pub collectors: Vec<CollectorEntry>,
     pub uploads: Vec<serde_json::Value>,
 }
+
+/// One element of `/status` `collectors`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CollectorEntry {
+    pub name: String,
+    /// `ok`, `error` (last collection failed), `quarantined` or `disabled`.
+    pub state: &'static str,
+    pub last_duration_ms: Option<f64>,
+    /// Samples produced, in total.
+    pub samples: u64,
+    /// Failed collections, in total.
+    pub errors: u64,
+    pub last_error: Option<String>,
+    /// Process crashes that happened while this collector was collecting.
+    pub crashes: u32,
+    /// Until when it is quarantined (RFC 3339), while it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantined_until: Option<String>,
+}
+
+/// What the supervisor knows of one collector, across incarnations.
+#[derive(Debug, Default, Clone)]
+struct CollectorStats {
+    last_duration_ms: Option<f64>,
+    samples: u64,
+    errors: u64,
+    last_error: Option<String>,
+    last_ok: bool,
+    /// Crashes attributed to it since it was last quarantined.
+    crashes: u32,
+    crashes_total: u32,
+}
+
+/// A series: metric name and tags.
+pub type SeriesKey = (String, BTreeMap<String, String>);
+
+/// The latest value of a series and when it was taken (ms since the epoch).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Latest {
+    pub value: f64,
+    pub ts_ms: i64,
+}
+
+/// The latest value of every series (for `/metrics` and uploads).
+#[derive(Message)]
+#[rtype(result = "Vec<(SeriesKey, Latest)>")]
+pub struct GetLatest;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CollectorStatus {
@@ -214,6 +270,8 @@ struct Current {
     pid: u32,
     incarnation: u64,
     kill_reason: Option<KillReason>,
+    /// The collector between its CollectionBegin and CollectionEnd frames.
+    in_flight: Option<String>,
 }
 
 pub struct Supervisor {
@@ -231,6 +289,10 @@ pub struct Supervisor {
     spawn_error: Option<String>,
     /// Whether the last restart decision was a crash loop (the ERROR is logged on entry only).
     in_crash_loop: bool,
+    stats: HashMap<String, CollectorStats>,
+    /// Quarantined collectors and when their quarantine ends.
+    quarantine: HashMap<String, (Instant, chrono::DateTime<chrono::Utc>)>,
+    latest: HashMap<SeriesKey, Latest>,
 }
 
 impl Supervisor {
@@ -249,7 +311,126 @@ impl Supervisor {
             rtt: None,
             spawn_error: None,
             in_crash_loop: false,
+            stats: HashMap::new(),
+            quarantine: HashMap::new(),
+            latest: HashMap::new(),
         }
+    }
+
+    /// Quarantined collectors whose quarantine has not ended.
+    fn disabled(&self) -> Vec<String> {
+        let now = Instant::now();
+        let mut v: Vec<String> =
+            self.quarantine.iter().filter(|(_, (until, _))| *until > now).map(|(n, _)| n.clone()).collect();
+        v.sort();
+        v
+    }
+
+    fn configure_message(&self) -> SendToChild {
+        SendToChild(ToCollector::Configure {
+            collectors: self.settings.collectors.clone(),
+            disabled: self.disabled(),
+            upload_hosts: self.settings.upload_hosts.clone(),
+        })
+    }
+
+    fn record(&mut self, ts_ms: i64, name: &str, value: f64, tags: BTreeMap<String, String>) {
+        self.latest.insert((name.to_string(), tags), Latest { value, ts_ms });
+    }
+
+    fn on_collection_end(
+        &mut self,
+        collector: String,
+        ts_ms: i64,
+        duration_ms: f64,
+        samples: Vec<Sample>,
+        error: Option<String>,
+    ) {
+        let n = samples.len() as u64;
+        for s in samples {
+            let mut tags = self.settings.tags.clone();
+            tags.extend(s.tags);
+            self.record(ts_ms, &s.name, s.value, tags);
+        }
+        let st = self.stats.entry(collector.clone()).or_default();
+        st.last_duration_ms = Some(duration_ms);
+        st.samples += n;
+        st.last_ok = error.is_none();
+        if error.is_some() {
+            st.errors += 1;
+            st.last_error = error;
+        }
+        let (samples_total, errors_total) = (st.samples, st.errors);
+        // Self metrics of every collection (CONTRACT §4).
+        let tags = |c: &str| BTreeMap::from([("collector".to_string(), c.to_string())]);
+        self.record(ts_ms, "collector_duration_ms", duration_ms, tags(&collector));
+        self.record(ts_ms, "collector_samples_total", samples_total as f64, tags(&collector));
+        self.record(ts_ms, "collector_errors_total", errors_total as f64, tags(&collector));
+    }
+
+    /// A crash happened while `name` was collecting: count it, and quarantine the collector
+    /// once it has caused `quarantine_after_crashes` crashes.
+    fn attribute_crash(&mut self, ctx: &mut Context<Self>, name: &str) {
+        let cfg = &self.settings.config;
+        let st = self.stats.entry(name.to_string()).or_default();
+        st.crashes += 1;
+        st.crashes_total += 1;
+        if st.crashes < cfg.quarantine_after_crashes {
+            return;
+        }
+        st.crashes = 0;
+        let d = crate::config::secs(cfg.quarantine_secs);
+        let until = chrono::Utc::now() + chrono::Duration::from_std(d).unwrap_or_default();
+        self.quarantine.insert(name.to_string(), (Instant::now() + d, until));
+        tracing::error!(
+            collector = name,
+            crashes = cfg.quarantine_after_crashes,
+            quarantine_secs = cfg.quarantine_secs,
+            "Collector {name} crashed the collector process {} times; quarantined (disabled) until {}. The others keep running.",
+            cfg.quarantine_after_crashes,
+            until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        );
+        let name = name.to_string();
+        ctx.run_later(d, move |this, _| {
+            if this.quarantine.get(&name).is_some_and(|(until, _)| *until <= Instant::now()) {
+                this.quarantine.remove(&name);
+                tracing::info!(collector = %name, "Quarantine over; the collector runs again.");
+                if let Some(cur) = &this.current {
+                    cur.addr.do_send(this.configure_message());
+                }
+            }
+        });
+    }
+
+    fn collector_entries(&self) -> Vec<CollectorEntry> {
+        let now = Instant::now();
+        let enabled: HashMap<&str, bool> = self.settings.collectors.enabled().into_iter().collect();
+        NAMES
+            .iter()
+            .map(|&name| {
+                let st = self.stats.get(name).cloned().unwrap_or_default();
+                let q = self.quarantine.get(name).filter(|(until, _)| *until > now);
+                let state = if !enabled.get(name).copied().unwrap_or(false) {
+                    "disabled"
+                } else if q.is_some() {
+                    "quarantined"
+                } else if st.last_error.is_some() && !st.last_ok {
+                    "error"
+                } else {
+                    "ok"
+                };
+                CollectorEntry {
+                    name: name.to_string(),
+                    state,
+                    last_duration_ms: st.last_duration_ms,
+                    samples: st.samples,
+                    errors: st.errors,
+                    last_error: st.last_error,
+                    crashes: st.crashes_total,
+                    quarantined_until: q.map(|(_, at)| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                }
+            })
+            .collect()
     }
 
     fn spawn_child(&mut self, ctx: &mut Context<Self>) {
@@ -285,6 +466,8 @@ impl Supervisor {
                 }
                 self.incarnation = incarnation;
                 self.spawn_error = None;
+                // Queued on the child's stdin before anything else: what to collect.
+                addr.do_send(self.configure_message());
                 let cfg = &self.settings.config;
                 let heartbeat = Heartbeat::new(
                     self.incarnation,
@@ -296,8 +479,14 @@ impl Supervisor {
                 )
                 .start();
                 tracing::info!(pid, incarnation = self.incarnation, "Collector spawned.");
-                self.current =
-                    Some(Current { addr, heartbeat, pid, incarnation: self.incarnation, kill_reason: None });
+                self.current = Some(Current {
+                    addr,
+                    heartbeat,
+                    pid,
+                    incarnation: self.incarnation,
+                    kill_reason: None,
+                    in_flight: None,
+                });
             }
             Err(e) => {
                 let program = self.settings.program.display().to_string();
@@ -365,7 +554,7 @@ impl Supervisor {
                 last_exit: self.last_exit.clone(),
                 spawn_error: self.spawn_error.clone(),
             },
-            collectors: Vec::new(),
+            collectors: self.collector_entries(),
             uploads: Vec::new(),
         }
     }
@@ -388,7 +577,7 @@ impl Handler<ChildMessage> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, m: ChildMessage, _: &mut Context<Self>) {
-        let Some(cur) = self.current.as_ref().filter(|c| c.incarnation == m.incarnation) else {
+        let Some(cur) = self.current.as_mut().filter(|c| c.incarnation == m.incarnation) else {
             return;
         };
         match m.msg {
@@ -399,6 +588,11 @@ impl Handler<ChildMessage> for Supervisor {
                 tracing::info!(pid, version = %version, incarnation = m.incarnation, "Collector is running.");
             }
             FromCollector::HeartbeatAck { seq } => cur.heartbeat.do_send(Ack { seq, received: m.received }),
+            FromCollector::CollectionBegin { collector } => cur.in_flight = Some(collector),
+            FromCollector::CollectionEnd { collector, ts_ms, duration_ms, samples, error } => {
+                cur.in_flight = None;
+                self.on_collection_end(collector, ts_ms, duration_ms, samples, error);
+            }
         }
     }
 }
@@ -488,10 +682,15 @@ impl Handler<ChildExited> for Supervisor {
             signal_name: exit.signal.map(signal_name),
             core_dumped: exit.core_dumped,
             uptime_ms: ev.uptime.as_millis() as u64,
-            collector_in_flight: None,
+            collector_in_flight: cur.in_flight.clone(),
             crash_report: None,
             detail,
         };
+        if abnormal && !stopping {
+            if let Some(name) = &cur.in_flight {
+                self.attribute_crash(ctx, name);
+            }
+        }
         let how = match (&last.signal_name, exit.code) {
             (Some(s), _) => format!("killed by {s}{}", if exit.core_dumped { " (core dumped)" } else { "" }),
             (None, Some(c)) => format!("exited with code {c}"),
@@ -535,6 +734,7 @@ impl Handler<ChildExited> for Supervisor {
                     pid = ev.pid,
                     incarnation = ev.incarnation,
                     reason,
+                    collector_in_flight = last.collector_in_flight.as_deref(),
                     code = exit.code,
                     signal = last.signal_name.as_deref(),
                     core_dumped = exit.core_dumped,
@@ -599,6 +799,14 @@ impl Handler<Shutdown> for Supervisor {
                 this.kill_current(KillReason::StopGraceExpired);
             }
         });
+    }
+}
+
+impl Handler<GetLatest> for Supervisor {
+    type Result = MessageResult<GetLatest>;
+
+    fn handle(&mut self, _: GetLatest, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.latest.iter().map(|(k, v)| (k.clone(), *v)).collect())
     }
 }
 

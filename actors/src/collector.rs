@@ -1,0 +1,283 @@
+//! The [`Collector`] trait and the one generic actor, [`CollectorActor`], that runs any
+//! collector in the collector child.
+//!
+//! A collector is plain code: it owns whatever state it needs between collections (previous
+//! counters for rates), and `collect` appends samples. It knows nothing of actix, pipes or
+//! timers, so it is unit-tested by calling `collect` directly, against a fixture root.
+//!
+//! # One collection at a time, announced before it starts
+//!
+//! Every CollectorActor in the child shares one [`CollectionLock`]. A collection takes the
+//! lock, writes `CollectionBegin{name}` to the supervisor (synchronously, so it is in the
+//! pipe before any of the collector's code runs), collects, and writes `CollectionEnd` with
+//! the samples. If the process dies in between, the last Begin without an End names the
+//! collector that killed it; that attribution is exact because no two collections ever run
+//! at once. I/O-bound collectors (dns, time_drift) await without blocking the thread, and
+//! every collection is bounded by a timeout of one interval.
+//!
+//! A panic inside `collect` is caught, counted as that collection's error, and the
+//! collector is rebuilt from its config (its state may be half-updated).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures_util::FutureExt;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::fault::{Fault, FaultKind, FaultWhen};
+use crate::ipc::FromCollector;
+use crate::parent_link::FrameWriter;
+
+/// One measurement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub name: String,
+    pub tags: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+impl Sample {
+    pub fn new(name: impl Into<String>, value: f64) -> Self {
+        Self { name: name.into(), tags: BTreeMap::new(), value }
+    }
+
+    /// Adds a tag (builder style).
+    pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.tags.insert(key.into(), value.into());
+        self
+    }
+}
+
+/// Why a collection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Proc(String),
+    /// The host lacks what this collector reads (a platform gap, not a failure).
+    #[error("not supported on this host: {0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<procfs::ProcError> for CollectError {
+    fn from(e: procfs::ProcError) -> Self {
+        CollectError::Proc(e.to_string())
+    }
+}
+
+/// What every collector's config table has besides its own keys.
+pub trait CollectorConfig:
+    Serialize + DeserializeOwned + Default + Clone + Debug + PartialEq + Send + Unpin + 'static
+{
+    /// `enabled = true|false` in `[collectors.NAME]`.
+    fn enabled(&self) -> bool;
+
+    /// Semantic problems as (key within the table, message); empty when valid.
+    fn validate(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+/// Where a collector reads from, and facts about the agent it may need.
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// Root of the filesystem to read `/proc` and `/sys` under: `/` on a live host, a
+    /// fixture tree in tests.
+    pub root: PathBuf,
+    /// Host names of the upload URLs (the dns collector's default names).
+    pub upload_hosts: Vec<String>,
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Self { root: PathBuf::from("/"), upload_hosts: Vec::new() }
+    }
+}
+
+impl Env {
+    /// `root` joined with an absolute path such as `/proc/stat`.
+    pub fn path(&self, abs: &str) -> PathBuf {
+        self.root.join(abs.trim_start_matches('/'))
+    }
+}
+
+/// A source of samples.
+pub trait Collector: Sized + Unpin + 'static {
+    /// The `[collectors.NAME]` table name and the `collector` label of its self metrics.
+    const NAME: &'static str;
+    type Config: CollectorConfig;
+
+    fn new(config: &Self::Config, env: &Env) -> Self;
+
+    /// One collection: append samples to `out`. Rates need two collections; the first
+    /// one only records counters.
+    fn collect(&mut self, out: &mut Vec<Sample>) -> impl Future<Output = Result<(), CollectError>>;
+}
+
+/// Serialises collections across all CollectorActors of the process.
+pub type CollectionLock = Rc<tokio::sync::Mutex<()>>;
+/// The child's stdout, shared by every actor that writes frames.
+pub type SharedWriter = Rc<RefCell<FrameWriter>>;
+
+/// What a CollectorActor needs besides its collector.
+#[derive(Clone)]
+pub struct CollectorContext {
+    pub env: Env,
+    pub interval: Duration,
+    pub writer: SharedWriter,
+    pub lock: CollectionLock,
+    /// A `VIGIL_FAULT=…@collector:NAME` for this incarnation, if any.
+    pub fault: Option<Fault>,
+}
+
+/// Stop collecting (the child is being reconfigured or shut down).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopCollector;
+
+/// Runs one collector every interval.
+pub struct CollectorActor<C: Collector> {
+    config: C::Config,
+    /// `None` while a collection holds it.
+    collector: Option<C>,
+    ctx: CollectorContext,
+    fault_fired: bool,
+    /// Stop requested while a collection was running: stop when it ends, so its samples
+    /// are still sent.
+    stop_pending: bool,
+}
+
+impl<C: Collector> CollectorActor<C> {
+    pub fn new(config: C::Config, ctx: CollectorContext) -> Self {
+        let collector = C::new(&config, &ctx.env);
+        Self { config, collector: Some(collector), ctx, fault_fired: false, stop_pending: false }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.stop_pending {
+            return;
+        }
+        let Some(mut collector) = self.collector.take() else {
+            tracing::debug!(collector = C::NAME, "Previous collection still running; skipping this tick.");
+            return;
+        };
+        let fault = match &self.ctx.fault {
+            Some(f) if !self.fault_fired && f.when == FaultWhen::Collector(C::NAME.to_string()) => {
+                self.fault_fired = true;
+                Some(f.kind.clone())
+            }
+            _ => None,
+        };
+        let (lock, writer, timeout) = (self.ctx.lock.clone(), self.ctx.writer.clone(), self.ctx.interval);
+        let fut = async move {
+            let _guard = lock.lock().await;
+            writer.borrow_mut().send(&FromCollector::CollectionBegin { collector: C::NAME.to_string() });
+            let started = Instant::now();
+            let mut out = Vec::new();
+            let run = AssertUnwindSafe(async {
+                if let Some(kind) = fault {
+                    inject(kind);
+                }
+                collector.collect(&mut out).await
+            })
+            .catch_unwind();
+            let (error, keep) = match tokio::time::timeout(timeout, run).await {
+                Ok(Ok(Ok(()))) => (None, true),
+                Ok(Ok(Err(e))) => (Some(e.to_string()), true),
+                Ok(Err(panic)) => (Some(format!("panicked: {}", panic_message(&panic))), false),
+                Err(_) => (Some(format!("timed out after {:.1} s", timeout.as_secs_f64())), false),
+            };
+            let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+            if let Some(e) = &error {
+                tracing::warn!(collector = C::NAME, error = %e, "Collection failed.");
+            }
+            writer.borrow_mut().send(&FromCollector::CollectionEnd {
+                collector: C::NAME.to_string(),
+                ts_ms: chrono::Utc::now().timestamp_millis(),
+                duration_ms,
+                samples: out,
+                error,
+            });
+            keep.then_some(collector)
+        };
+        ctx.spawn(fut.into_actor(self).map(|kept, this, ctx| {
+            // A collector that panicked or timed out may hold half-updated state.
+            this.collector = Some(kept.unwrap_or_else(|| C::new(&this.config, &this.ctx.env)));
+            if this.stop_pending {
+                ctx.stop();
+            }
+        }));
+    }
+}
+
+/// A fault aimed at a collector fires inside its collection: crash kinds take the process
+/// down (and the Begin frame names the collector), `panic` panics inside `collect` (and is
+/// caught, as any collector panic), `hang` blocks the thread mid-collection.
+fn inject(kind: FaultKind) {
+    tracing::warn!(fault = ?kind, "Injecting fault (VIGIL_FAULT) inside a collection.");
+    match kind {
+        FaultKind::Panic => panic!("VIGIL_FAULT=panic: injected panic inside a collector"),
+        FaultKind::Segv => crate::fault::segv(),
+        FaultKind::Abort => std::process::abort(),
+        FaultKind::Hang => crate::fault::hang(),
+        FaultKind::Exit(code) => std::process::exit(code),
+        FaultKind::StderrFlood(n) => {
+            crate::fault::flood_stderr(n);
+            crate::fault::segv()
+        }
+        FaultKind::CloseStdout => crate::fault::close_stdout(),
+        FaultKind::Garbage => {
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(&crate::fault::garbage(1024));
+        }
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+impl<C: Collector> Actor for CollectorActor<C> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.tick(ctx);
+        ctx.run_interval(self.ctx.interval, |this, ctx| this.tick(ctx));
+    }
+}
+
+impl<C: Collector> Handler<StopCollector> for CollectorActor<C> {
+    type Result = ();
+
+    fn handle(&mut self, _: StopCollector, ctx: &mut Context<Self>) {
+        if self.collector.is_some() {
+            ctx.stop();
+        } else {
+            self.stop_pending = true;
+        }
+    }
+}
+
+/// Runs `collect` on a collector outside any actor (for `vigil once` and tests), catching
+/// panics the way CollectorActor does.
+pub async fn collect_guarded<C: Collector>(c: &mut C) -> Result<Vec<Sample>, CollectError> {
+    let mut out = Vec::new();
+    match AssertUnwindSafe(c.collect(&mut out)).catch_unwind().await {
+        Ok(Ok(())) => Ok(out),
+        Ok(Err(e)) => Err(e),
+        Err(p) => Err(CollectError::Other(format!("panicked: {}", panic_message(&p)))),
+    }
+}
