@@ -34,6 +34,16 @@ pub fn init_supervisor(level: LogLevel, log_file: Option<&Path>) -> anyhow::Resu
     Ok(())
 }
 
+/// Plain stderr logging at `level`, for one-shot commands.
+pub fn init_stderr(level: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(level))
+        .with_ansi(false)
+        .without_time()
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// Collector logging: to stderr without timestamps (the supervisor stamps each line it
 /// receives), at the level the supervisor passed down.
 pub fn init_collector() {

@@ -4,6 +4,7 @@
 mod collector;
 mod config;
 mod logging;
+mod once;
 mod run;
 mod status;
 
@@ -32,6 +33,15 @@ enum Command {
     Run(run::RunArgs),
     /// The collector child; started by `vigil run`, speaks the IPC protocol on stdin/stdout.
     Collector,
+    /// Run every enabled collector once in this process (rates over ~1 s) and print the samples.
+    Once {
+        /// Config file (default: $VIGIL_CONFIG, else /etc/vigil/vigil.toml if it exists).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print a JSON array of {name, tags, value} instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate the configuration; print every error with file, line and column.
     CheckConfig {
         /// Config file (default: $VIGIL_CONFIG, else /etc/vigil/vigil.toml if it exists).
@@ -45,6 +55,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run::main(args),
         Command::Collector => collector::main(),
+        Command::Once { config, json } => once::main(config, json),
         Command::CheckConfig { config } => check_config(config),
     }
 }

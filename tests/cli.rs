@@ -129,3 +129,24 @@ fn version_flag() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("vigil "));
 }
+
+#[test]
+fn once_prints_every_enabled_collector_as_json_and_as_a_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("vigil.toml");
+    std::fs::write(&cfg, "[agent]\ntags = { dc = \"t1\" }\n").unwrap();
+    let out = Command::new(VIGIL).args(["once", "--json", "--config"]).arg(&cfg).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let arr: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let arr = arr.as_array().unwrap();
+    let load = arr.iter().find(|s| s["name"] == "load_1").expect("load_1 sample");
+    assert!(load["value"].as_f64().unwrap() >= 0.0);
+    assert_eq!(load["tags"]["dc"], "t1", "agent tags are added");
+    for s in arr {
+        assert!(s["name"].is_string() && s["tags"].is_object() && s["value"].is_number(), "{s}");
+    }
+    let out = Command::new(VIGIL).args(["once", "--config"]).arg(&cfg).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.lines().next().unwrap().starts_with("COLLECTOR"), "{table}");
+    assert!(table.lines().any(|l| l.contains("load_15")), "{table}");
+}

@@ -3,5 +3,6 @@
 mod harness;
 
 mod cli;
+mod collectors;
 mod status;
 mod supervision;

@@ -1,0 +1,80 @@
+//! Collectors inside the real child: samples reach /status, crashes are attributed to the
+//! collector in flight, a repeat offender is quarantined while the rest keep running.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::*;
+
+const T: Duration = Duration::from_secs(20);
+
+fn with_collectors(supervisor: &str, collectors: &str) -> String {
+    format!("{}\n[collectors]\ninterval_secs = 0.3\n{collectors}\n", fast_config(supervisor))
+}
+
+fn entry<'a>(s: &'a Value, name: &str) -> &'a Value {
+    s["collectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("{name} in {s:#}"))
+}
+
+#[test]
+fn samples_reach_the_supervisor_and_status_counts_them() {
+    let agent = Agent::start(&with_collectors("", ""), &[]);
+    let s = agent.wait_status(T, "load samples", |s| entry(s, "load")["samples"].as_u64() >= Some(8));
+    let load = entry(&s, "load");
+    assert_eq!(load["state"], "ok");
+    assert_eq!(load["errors"], 0);
+    assert!(load["last_duration_ms"].as_f64().unwrap() >= 0.0);
+}
+
+#[test]
+fn a_disabled_collector_is_shown_disabled_and_not_run() {
+    let agent = Agent::start(&with_collectors("", "[collectors.load]\nenabled = false\n"), &[]);
+    agent.wait_running(1, T);
+    std::thread::sleep(Duration::from_millis(900));
+    let s = agent.status();
+    assert_eq!(entry(&s, "load")["state"], "disabled");
+    assert_eq!(entry(&s, "load")["samples"], 0);
+}
+
+#[test]
+fn a_panic_inside_a_collector_is_its_error_not_a_crash() {
+    let agent = Agent::start(&with_collectors("", ""), &[("VIGIL_FAULT", "panic@collector:load")]);
+    let s = agent.wait_status(T, "a load error", |s| entry(s, "load")["errors"].as_u64() >= Some(1));
+    assert!(entry(&s, "load")["last_error"].as_str().unwrap().contains("panicked"), "{s:#}");
+    // Later collections succeed; the process never restarted.
+    let s = agent.wait_status(T, "load ok again", |s| entry(s, "load")["state"] == "ok");
+    assert_eq!(s["collector"]["incarnation"], 1);
+    assert_eq!(s["collector"]["restarts"], 0);
+}
+
+#[test]
+fn a_crash_names_the_collector_in_flight_and_repeat_crashes_quarantine_it() {
+    let cfg = with_collectors("quarantine_after_crashes = 2\nquarantine_secs = 3", "");
+    let agent = Agent::start(&cfg, &[("VIGIL_FAULT", "segv@collector:load")]);
+    // Two crashes inside `load`, then a third incarnation with `load` quarantined.
+    let s = agent.wait_status(T, "load quarantined", |s| entry(s, "load")["state"] == "quarantined");
+    let e = &s["collector"]["last_exit"];
+    assert_eq!(e["signal_name"], "SIGSEGV");
+    assert_eq!(e["collector_in_flight"], "load", "{e:#}");
+    let id = e["crash_report"].as_str().unwrap();
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(agent.crash_dir().join(format!("{id}.json"))).unwrap())
+            .unwrap();
+    assert_eq!(report["collector_in_flight"], "load");
+    assert_eq!(entry(&s, "load")["crashes"], 2);
+    assert!(entry(&s, "load")["quarantined_until"].is_string());
+    assert!(agent.log_lines("quarantined").iter().any(|l| l.contains(" ERROR ") && l.contains("load")));
+    // The quarantined child keeps running.
+    let s = agent.wait_running(3, T);
+    std::thread::sleep(Duration::from_millis(1000));
+    let s2 = agent.status();
+    assert_eq!(s2["collector"]["incarnation"], s["collector"]["incarnation"], "no crash while quarantined");
+    // After quarantine_secs the collector runs again (and, still faulty, crashes again).
+    agent.wait_status(T, "load back and crashing", |s| entry(s, "load")["crashes"].as_u64() >= Some(3));
+}
