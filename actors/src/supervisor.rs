@@ -166,6 +166,8 @@ pub struct CollectorEntry {
     /// `ok`, `error` (last collection failed), `quarantined` or `disabled`.
     pub state: &'static str,
     pub last_duration_ms: Option<f64>,
+    /// Collections finished (or failed), in total.
+    pub collections: u64,
     /// Samples produced, in total.
     pub samples: u64,
     /// Failed collections, in total.
@@ -182,6 +184,7 @@ pub struct CollectorEntry {
 #[derive(Debug, Default, Clone)]
 struct CollectorStats {
     last_duration_ms: Option<f64>,
+    collections: u64,
     samples: u64,
     errors: u64,
     last_error: Option<String>,
@@ -354,6 +357,7 @@ impl Supervisor {
         }
         let st = self.stats.entry(collector.clone()).or_default();
         st.last_duration_ms = Some(duration_ms);
+        st.collections += 1;
         st.samples += n;
         st.last_ok = error.is_none();
         if error.is_some() {
@@ -423,6 +427,7 @@ impl Supervisor {
                     name: name.to_string(),
                     state,
                     last_duration_ms: st.last_duration_ms,
+                    collections: st.collections,
                     samples: st.samples,
                     errors: st.errors,
                     last_error: st.last_error,
