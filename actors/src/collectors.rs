@@ -14,7 +14,10 @@ use crate::collector::{
 };
 use crate::config::ConfigProblem;
 
+pub mod cpu;
 pub mod load;
+pub mod mem;
+pub mod processes;
 
 macro_rules! registry {
     ($($name:ident: $ty:ty),* $(,)?) => {
@@ -94,5 +97,8 @@ macro_rules! registry {
 }
 
 registry! {
+    cpu: cpu::Cpu,
     load: load::Load,
+    mem: mem::Mem,
+    processes: processes::Processes,
 }
