@@ -14,7 +14,9 @@ use crate::collector::{
 };
 use crate::config::ConfigProblem;
 
+pub mod disk;
 pub mod load;
+pub mod net;
 
 macro_rules! registry {
     ($($name:ident: $ty:ty),* $(,)?) => {
@@ -94,5 +96,7 @@ macro_rules! registry {
 }
 
 registry! {
+    disk: disk::Disk,
     load: load::Load,
+    net: net::Net,
 }
