@@ -14,10 +14,16 @@ use crate::collector::{
 };
 use crate::config::ConfigProblem;
 
+pub mod containers;
 pub mod cpu;
+pub mod disk;
+pub mod dns;
+pub mod fs;
 pub mod load;
 pub mod mem;
+pub mod net;
 pub mod processes;
+pub mod time_drift;
 
 macro_rules! registry {
     ($($name:ident: $ty:ty),* $(,)?) => {
@@ -98,7 +104,13 @@ macro_rules! registry {
 
 registry! {
     cpu: cpu::Cpu,
+    disk: disk::Disk,
+    dns: dns::Dns,
+    fs: fs::Fs,
+    containers: containers::Containers,
     load: load::Load,
     mem: mem::Mem,
+    net: net::Net,
     processes: processes::Processes,
+    time_drift: time_drift::TimeDrift,
 }
