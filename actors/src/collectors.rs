@@ -14,6 +14,8 @@ use crate::collector::{
 };
 use crate::config::ConfigProblem;
 
+pub mod containers;
+pub mod fs;
 pub mod load;
 
 macro_rules! registry {
@@ -95,4 +97,6 @@ macro_rules! registry {
 
 registry! {
     load: load::Load,
+    fs: fs::Fs,
+    containers: containers::Containers,
 }
