@@ -1,0 +1,544 @@
+//! `containers`: CPU and memory of each container on the host (CONTRACT §4:
+//! container_cpu_util, container_mem_bytes, tagged {container, pod, namespace}).
+//!
+//! # Finding containers
+//!
+//! Containers are cgroups. The collector walks the cgroup tree under `/sys/fs/cgroup` (at
+//! most [`MAX_DEPTH`] levels, never following symlinks) and takes a directory for a
+//! container when its name says so ([`container_id`]):
+//!
+//! | runtime | directory name |
+//! |---|---|
+//! | docker (systemd driver) | `docker-<64 hex>.scope` |
+//! | docker (cgroupfs driver) | `<64 hex>` inside a directory named `docker` |
+//! | containerd / CRI | `cri-containerd-<64 hex>.scope` |
+//! | CRI-O | `crio-<64 hex>.scope` (not `crio-conmon-…`) |
+//! | podman / libpod | `libpod-<64 hex>.scope` or `libpod-<64 hex>` (not `libpod-conmon-…`) |
+//! | Kubernetes (cgroupfs driver) | `<64 hex>` inside a `pod<uid>` directory under `kubepods` |
+//!
+//! Below a directory whose path contains `kubepods`, a `pod<uid>` directory (cgroupfs
+//! driver) or `kubepods-<qos>-pod<uid>.slice` (systemd driver, `_` standing for `-`) names
+//! the pod of the containers under it. A container's directory is walked further too, so
+//! containers nested in a container (kind, docker-in-docker) are found; each id is reported
+//! once, at the first place the walk meets it.
+//!
+//! # Tags
+//!
+//! `container` is the 12-character short id (what `docker ps` and `crictl ps` print).
+//! `pod` is the pod UID from the cgroup path, `namespace` the content of
+//! `/proc/<pid>/root/var/run/secrets/kubernetes.io/serviceaccount/namespace` for a process
+//! of any container of that pod (remembered per pod while the pod lives). A tag that is not
+//! known is **omitted**, not sent empty: outside Kubernetes there is no pod, and a pod
+//! without a mounted service account token has no readable namespace.
+//!
+//! # What is measured
+//!
+//! - `container_cpu_util`: CPU time the container used between two collections divided by
+//!   the wall time between them, in percent of **one** CPU (as `docker stats` and `top`
+//!   show it): a container busy on two CPUs reads 200. Read from `usage_usec` in cgroup v2
+//!   `cpu.stat`, or `cpuacct.usage` (ns) in cgroup v1. The first collection (and the first
+//!   one that sees a new container) only records the counter; a counter that went down
+//!   (the cgroup was recreated under the same id) skips that container for one interval.
+//! - `container_mem_bytes`: cgroup v2 `memory.current`, or v1 `memory.usage_in_bytes`
+//!   (both include the page cache the container charged).
+//!
+//! # cgroup v1 and v2
+//!
+//! With `/sys/fs/cgroup/cgroup.controllers` present the host runs cgroup v2 (unified) and one
+//! tree has both files. Otherwise (v1, or the hybrid layout where the v2 tree carries no
+//! controllers) the `cpuacct` hierarchy gives the CPU counter and the `memory` hierarchy
+//! the memory, each walked the same way and joined by container id.
+//!
+//! A host without cgroups or without containers yields no samples and no error, and logs at
+//! most at debug level.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::collector::{CollectError, Collector, CollectorConfig, Env, Sample};
+
+/// How many directory levels below a hierarchy's root the walk goes. Kubernetes under the
+/// systemd driver puts containers at depth 4, rootless podman at 5, kind (Kubernetes inside
+/// a docker container) at 7.
+pub const MAX_DEPTH: usize = 10;
+
+/// Pids of a container tried when looking for its pod's namespace.
+const NAMESPACE_PIDS_TRIED: usize = 8;
+
+/// `[collectors.containers]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContainersConfig {
+    /// Collect per-container CPU and memory.
+    pub enabled: bool,
+}
+
+impl Default for ContainersConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+impl CollectorConfig for ContainersConfig {
+    fn enabled(&self) -> bool {
+        self.enabled
+    }
+}
+
+/// A container cgroup the walk found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found {
+    /// The full 64-hex id.
+    pub id: String,
+    /// The pod UID, under Kubernetes.
+    pub pod: Option<String>,
+    pub dir: PathBuf,
+}
+
+fn is_hex64(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The container id a cgroup directory called `name` stands for, if any. `parent` is the
+/// name of the directory holding it; `in_pod` tells whether a Kubernetes pod directory is
+/// among its ancestors.
+pub fn container_id<'a>(name: &'a str, parent: &str, in_pod: bool) -> Option<&'a str> {
+    let stem = name.strip_suffix(".scope").unwrap_or(name);
+    for prefix in ["docker-", "cri-containerd-", "crio-", "libpod-"] {
+        if let Some(id) = stem.strip_prefix(prefix).filter(|id| is_hex64(id)) {
+            return Some(id);
+        }
+    }
+    (is_hex64(name) && (parent == "docker" || in_pod)).then_some(name)
+}
+
+/// The pod UID a directory below `kubepods` names: `pod<uid>` (cgroupfs driver) or
+/// `kubepods[-<qos>]-pod<uid with _ for ->.slice` (systemd driver).
+pub fn pod_uid(name: &str) -> Option<String> {
+    let uid = if let Some(slice) = name.strip_suffix(".slice") {
+        slice.rsplit_once("-pod")?.1.replace('_', "-")
+    } else {
+        name.strip_prefix("pod")?.to_string()
+    };
+    let valid = !uid.is_empty() && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    valid.then_some(uid)
+}
+
+/// Walks one cgroup hierarchy from `root`, depth-first in name order, and returns the
+/// container cgroups in the order met. Unreadable directories are skipped.
+pub fn find(root: &Path) -> Vec<Found> {
+    let mut out = Vec::new();
+    walk(root, "", 0, false, None, &mut out);
+    out
+}
+
+fn walk(dir: &Path, name: &str, depth: usize, kube: bool, pod: Option<&str>, out: &mut Vec<Found>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut children: Vec<(String, PathBuf)> = entries
+        .flatten()
+        // DirEntry::file_type does not follow symlinks: a link never leads the walk elsewhere.
+        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+        .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+        .collect();
+    children.sort();
+    for (child, path) in children {
+        let kube = kube || child.contains("kubepods");
+        let own_pod = if kube && pod.is_none() { pod_uid(&child) } else { None };
+        let pod = own_pod.as_deref().or(pod);
+        if let Some(id) = container_id(&child, name, pod.is_some()) {
+            out.push(Found { id: id.to_string(), pod: pod.map(str::to_string), dir: path.clone() });
+        }
+        if depth + 1 < MAX_DEPTH {
+            walk(&path, &child, depth + 1, kube, pod, out);
+        }
+    }
+}
+
+// The cgroup files read below hold one number, or `key value` lines; the procfs crate has
+// no parser for them (it covers /proc, not /sys/fs/cgroup), so they are read with std.
+
+fn read_u64(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// `usage_usec` from a cgroup v2 `cpu.stat`, in nanoseconds.
+fn read_cpu_stat_ns(path: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let usec: u64 = text.lines().find_map(|l| l.strip_prefix("usage_usec "))?.trim().parse().ok()?;
+    usec.checked_mul(1000)
+}
+
+/// CPU used between two readings of a cumulative counter, in percent of one CPU; `None`
+/// when the counter went down (reset) or no time passed.
+pub fn cpu_util(prev_ns: u64, now_ns: u64, elapsed: Duration) -> Option<f64> {
+    let used = now_ns.checked_sub(prev_ns)?;
+    let wall = elapsed.as_nanos();
+    (wall > 0).then(|| used as f64 / wall as f64 * 100.0)
+}
+
+/// One container's readings in one collection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    pub id: String,
+    pub pod: Option<String>,
+    /// Cumulative CPU time, ns.
+    pub cpu_ns: Option<u64>,
+    pub mem_bytes: Option<u64>,
+    /// The container's cgroup directory (the first one found), for its pids.
+    pub dir: PathBuf,
+}
+
+/// Which cgroup layout the host has.
+enum Layout {
+    /// cgroup v2: one tree.
+    Unified(PathBuf),
+    /// cgroup v1 (or hybrid): the cpuacct and memory hierarchies, where mounted.
+    Legacy { cpuacct: Option<PathBuf>, memory: Option<PathBuf> },
+}
+
+fn layout(env: &Env) -> Option<Layout> {
+    let base = env.path("/sys/fs/cgroup");
+    if base.join("cgroup.controllers").is_file() {
+        return Some(Layout::Unified(base));
+    }
+    // `cpuacct` is often a symlink to `cpu,cpuacct`; following it at the top is intended.
+    let cpuacct = ["cpuacct", "cpu,cpuacct", "cpuacct,cpu"]
+        .iter()
+        .map(|d| base.join(d))
+        .find(|d| d.join("cpuacct.usage").is_file());
+    let memory = Some(base.join("memory")).filter(|d| d.join("memory.usage_in_bytes").is_file());
+    (cpuacct.is_some() || memory.is_some()).then_some(Layout::Legacy { cpuacct, memory })
+}
+
+/// Every container's readings, first-found order, one entry per id.
+fn read_all(env: &Env) -> Vec<Reading> {
+    let mut out: Vec<Reading> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut add = |f: Found, cpu_ns: Option<u64>, mem_bytes: Option<u64>| match index.get(&f.id) {
+        Some(&i) => {
+            let r = &mut out[i];
+            r.cpu_ns = r.cpu_ns.or(cpu_ns);
+            r.mem_bytes = r.mem_bytes.or(mem_bytes);
+            r.pod = r.pod.take().or(f.pod);
+        }
+        None => {
+            index.insert(f.id.clone(), out.len());
+            out.push(Reading { id: f.id, pod: f.pod, cpu_ns, mem_bytes, dir: f.dir });
+        }
+    };
+    match layout(env) {
+        None => tracing::debug!("No cgroup hierarchy with cpu or memory accounting; no containers."),
+        Some(Layout::Unified(root)) => {
+            for f in find(&root) {
+                let cpu = read_cpu_stat_ns(&f.dir.join("cpu.stat"));
+                let mem = read_u64(&f.dir.join("memory.current"));
+                add(f, cpu, mem);
+            }
+        }
+        Some(Layout::Legacy { cpuacct, memory }) => {
+            for f in cpuacct.as_deref().map(find).unwrap_or_default() {
+                let cpu = read_u64(&f.dir.join("cpuacct.usage"));
+                add(f, cpu, None);
+            }
+            for f in memory.as_deref().map(find).unwrap_or_default() {
+                let mem = read_u64(&f.dir.join("memory.usage_in_bytes"));
+                add(f, None, mem);
+            }
+        }
+    }
+    out
+}
+
+/// The namespace of the pod `dir` belongs to, from the service account token mounted into
+/// one of its processes (pids of `dir` and of its direct children: under cgroup v2 the
+/// processes may sit one level down).
+fn read_namespace(env: &Env, dir: &Path) -> Option<String> {
+    let mut dirs = vec![dir.to_path_buf()];
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        dirs.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+    }
+    let pids = dirs
+        .iter()
+        .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+        .flat_map(|text| text.lines().filter_map(|l| l.trim().parse::<u32>().ok()).collect::<Vec<_>>());
+    pids.take(NAMESPACE_PIDS_TRIED).find_map(|pid| {
+        let file =
+            env.path(&format!("/proc/{pid}/root/var/run/secrets/kubernetes.io/serviceaccount/namespace"));
+        let ns = std::fs::read_to_string(file).ok()?.trim().to_string();
+        (!ns.is_empty()).then_some(ns)
+    })
+}
+
+pub struct Containers {
+    env: Env,
+    /// Per container id: its CPU counter (ns) and when it was read, from the last collection.
+    prev: HashMap<String, (u64, Instant)>,
+    /// Pod UID -> namespace, once found; forgotten when the pod's last container goes.
+    namespaces: HashMap<String, String>,
+}
+
+impl Containers {
+    /// One collection as of `now` (tests pass their own clock).
+    fn collect_at(&mut self, now: Instant, out: &mut Vec<Sample>) {
+        let readings = read_all(&self.env);
+
+        let pods: HashSet<&str> = readings.iter().filter_map(|r| r.pod.as_deref()).collect();
+        self.namespaces.retain(|pod, _| pods.contains(pod.as_str()));
+        for r in &readings {
+            if let Some(pod) = &r.pod {
+                if !self.namespaces.contains_key(pod) {
+                    if let Some(ns) = read_namespace(&self.env, &r.dir) {
+                        self.namespaces.insert(pod.clone(), ns);
+                    }
+                }
+            }
+        }
+
+        let mut prev = std::mem::take(&mut self.prev);
+        for r in &readings {
+            let tagged = |name: &str, value: f64| {
+                let mut s = Sample::new(name, value).tag("container", &r.id[..12]);
+                if let Some(pod) = &r.pod {
+                    s = s.tag("pod", pod);
+                    if let Some(ns) = self.namespaces.get(pod) {
+                        s = s.tag("namespace", ns);
+                    }
+                }
+                s
+            };
+            if let Some(now_ns) = r.cpu_ns {
+                if let Some((prev_ns, then)) = prev.remove(&r.id) {
+                    if let Some(u) = cpu_util(prev_ns, now_ns, now.saturating_duration_since(then)) {
+                        out.push(tagged("container_cpu_util", u));
+                    }
+                }
+                self.prev.insert(r.id.clone(), (now_ns, now));
+            }
+            if let Some(m) = r.mem_bytes {
+                out.push(tagged("container_mem_bytes", m as f64));
+            }
+        }
+    }
+}
+
+impl Collector for Containers {
+    const NAME: &'static str = "containers";
+    type Config = ContainersConfig;
+
+    fn new(_: &ContainersConfig, env: &Env) -> Self {
+        Self { env: env.clone(), prev: HashMap::new(), namespaces: HashMap::new() }
+    }
+
+    async fn collect(&mut self, out: &mut Vec<Sample>) -> Result<(), CollectError> {
+        self.collect_at(Instant::now(), out);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collector::collect_guarded;
+
+    fn fixture(name: &str) -> Env {
+        Env {
+            root: format!("{}/../tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR")).into(),
+            ..Env::default()
+        }
+    }
+
+    const DOCKER: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const APP: &str = "aaaaaaaaaaaa0000000000000000000000000000000000000000000000000001";
+    const PAUSE: &str = "bbbbbbbbbbbb0000000000000000000000000000000000000000000000000002";
+    const PODMAN: &str = "cccccccccccc0000000000000000000000000000000000000000000000000003";
+    const POD: &str = "1b2c3d4e-0000-4000-8000-123456789abc";
+
+    /// (name, container short id) -> (value, pod, namespace)
+    type Table = HashMap<(String, String), (f64, Option<String>, Option<String>)>;
+
+    fn table(s: &[Sample]) -> Table {
+        let t: Table = s
+            .iter()
+            .map(|x| {
+                (
+                    (x.name.clone(), x.tags["container"].clone()),
+                    (x.value, x.tags.get("pod").cloned(), x.tags.get("namespace").cloned()),
+                )
+            })
+            .collect();
+        assert_eq!(t.len(), s.len(), "one sample per metric and container: {s:?}");
+        t
+    }
+
+    fn get(t: &Table, name: &str, id: &str) -> Option<f64> {
+        t.get(&(name.to_string(), id[..12].to_string())).map(|v| v.0)
+    }
+
+    #[test]
+    fn names_that_are_containers() {
+        let id = DOCKER;
+        assert_eq!(container_id(&format!("docker-{id}.scope"), "system.slice", false), Some(id));
+        assert_eq!(container_id(&format!("cri-containerd-{id}.scope"), "x", false), Some(id));
+        assert_eq!(container_id(&format!("crio-{id}.scope"), "x", false), Some(id));
+        assert_eq!(container_id(&format!("libpod-{id}.scope"), "user.slice", false), Some(id));
+        assert_eq!(container_id(&format!("libpod-{id}"), "libpod_parent", false), Some(id));
+        assert_eq!(container_id(id, "docker", false), Some(id));
+        assert_eq!(container_id(id, "pod1234", true), Some(id));
+        // Not containers:
+        assert_eq!(container_id(id, "system.slice", false), None, "bare id outside docker/ or a pod");
+        assert_eq!(container_id(&format!("crio-conmon-{id}.scope"), "x", false), None);
+        assert_eq!(container_id(&format!("libpod-conmon-{id}.scope"), "x", false), None);
+        assert_eq!(container_id("docker-0123.scope", "x", false), None, "short id");
+        assert_eq!(container_id(&format!("docker-{}.scope", id.to_uppercase()), "x", false), None);
+        assert_eq!(container_id("b8244681158ca38d4fb11e7d3ca17ea3", "process_api", false), None);
+        assert_eq!(container_id("docker.service", "system.slice", false), None);
+
+        assert_eq!(
+            pod_uid("kubepods-burstable-pod1b2c3d4e_0000_4000_8000_123456789abc.slice").as_deref(),
+            Some(POD)
+        );
+        assert_eq!(pod_uid("kubepods-pod1b2c3d4e_0000_4000_8000_123456789abc.slice").as_deref(), Some(POD));
+        assert_eq!(pod_uid("pod1b2c3d4e-0000-4000-8000-123456789abc").as_deref(), Some(POD));
+        assert_eq!(
+            pod_uid("pod0123456789abcdef0123456789abcdef").as_deref(),
+            Some("0123456789abcdef0123456789abcdef")
+        );
+        assert_eq!(pod_uid("kubepods-burstable.slice"), None);
+        assert_eq!(pod_uid("kubepods.slice"), None);
+        assert_eq!(pod_uid("burstable"), None);
+        assert_eq!(pod_uid("pod"), None);
+        assert_eq!(pod_uid("podman.slice"), None);
+    }
+
+    #[test]
+    fn rate_arithmetic() {
+        let ten = Duration::from_secs(10);
+        assert_eq!(cpu_util(5_000_000_000, 7_500_000_000, ten), Some(25.0));
+        assert_eq!(cpu_util(0, 20_000_000_000, ten), Some(200.0), "two busy CPUs read 200");
+        assert_eq!(cpu_util(7, 7, ten), Some(0.0));
+        assert_eq!(cpu_util(20_000_000_000, 15_000_000_000, ten), None, "counter went down");
+        assert_eq!(cpu_util(u64::MAX - 5, 3, ten), None, "wrap is a reset too");
+        assert_eq!(cpu_util(1, 2, Duration::ZERO), None);
+    }
+
+    #[test]
+    fn walk_is_bounded_and_ordered() {
+        let found = find(&fixture("cgroup-1").path("/sys/fs/cgroup"));
+        let ids: Vec<(&str, Option<&str>)> =
+            found.iter().map(|f| (f.id.as_str(), f.pod.as_deref())).collect();
+        assert_eq!(
+            ids,
+            vec![(APP, Some(POD)), (PAUSE, Some(POD)), (DOCKER, None)],
+            "the one too deep is not found"
+        );
+    }
+
+    /// Two readings 10 s apart (cgroup v2): docker used 2.5 s of CPU (25 %), the pause
+    /// container 0.1 s (1 %), the app's counter went down (recreated: no CPU sample), and a
+    /// podman container appeared (memory only until its second reading).
+    #[actix_rt::test]
+    async fn v2_fixture_values() {
+        let mut c = Containers::new(&ContainersConfig::default(), &fixture("cgroup-1"));
+        let t0 = Instant::now();
+        let mut s = Vec::new();
+        c.collect_at(t0, &mut s);
+        let t = table(&s);
+        assert_eq!(t.len(), 3, "first reading: memory only: {s:?}");
+        assert_eq!(get(&t, "container_mem_bytes", DOCKER), Some(104857600.0));
+        assert_eq!(get(&t, "container_mem_bytes", APP), Some(52428800.0));
+        assert_eq!(get(&t, "container_mem_bytes", PAUSE), Some(1048576.0));
+
+        c.env = fixture("cgroup-2");
+        let mut s = Vec::new();
+        c.collect_at(t0 + Duration::from_secs(10), &mut s);
+        let t = table(&s);
+        assert_eq!(get(&t, "container_cpu_util", DOCKER), Some(25.0));
+        assert_eq!(get(&t, "container_cpu_util", PAUSE), Some(1.0));
+        assert_eq!(get(&t, "container_cpu_util", APP), None, "reset");
+        assert_eq!(get(&t, "container_cpu_util", PODMAN), None, "new");
+        assert_eq!(get(&t, "container_mem_bytes", DOCKER), Some(110100480.0));
+        assert_eq!(get(&t, "container_mem_bytes", APP), Some(60000000.0));
+        assert_eq!(get(&t, "container_mem_bytes", PAUSE), Some(1048576.0));
+        assert_eq!(get(&t, "container_mem_bytes", PODMAN), Some(4096.0));
+        assert_eq!(t.len(), 6);
+
+        let tags = |id: &str| {
+            let (_, pod, ns) = &t[&("container_mem_bytes".to_string(), id[..12].to_string())];
+            (pod.clone(), ns.clone())
+        };
+        let k8s = (Some(POD.to_string()), Some("payments".to_string()));
+        assert_eq!(tags(APP), k8s);
+        // cgroup-2 has no /proc: the namespace was remembered from the first reading. The
+        // pause container has no token of its own; it gets its pod's namespace.
+        assert_eq!(tags(PAUSE), k8s);
+        assert_eq!(tags(DOCKER), (None, None), "no pod tags outside Kubernetes");
+        assert_eq!(tags(PODMAN), (None, None));
+        assert!(s.iter().all(|x| x.tags.len() == if x.tags.contains_key("pod") { 3 } else { 1 }));
+
+        // A third reading with the app's counter moving again: it is measured from the
+        // reset value, and the vanished state of the second reading was dropped.
+        c.env = fixture("cgroup-1");
+        let mut s = Vec::new();
+        c.collect_at(t0 + Duration::from_secs(20), &mut s);
+        let t = table(&s);
+        // 15 s -> 20 s of CPU in 10 s.
+        assert_eq!(get(&t, "container_cpu_util", APP), Some(50.0));
+        assert_eq!(get(&t, "container_cpu_util", DOCKER), None, "went from 7.5 s back to 5 s");
+        assert!(!c.prev.contains_key(PODMAN), "gone containers are forgotten");
+    }
+
+    /// cgroup v1: cpuacct.usage (ns) and memory.usage_in_bytes from separate hierarchies,
+    /// 5 s apart; Kubernetes with the cgroupfs driver.
+    #[actix_rt::test]
+    async fn v1_fixture_values() {
+        let mut c = Containers::new(&ContainersConfig::default(), &fixture("cgroup-v1-1"));
+        let t0 = Instant::now();
+        let mut s = Vec::new();
+        c.collect_at(t0, &mut s);
+        assert!(s.iter().all(|x| x.name == "container_mem_bytes"), "{s:?}");
+        c.env = fixture("cgroup-v1-2");
+        let mut s = Vec::new();
+        c.collect_at(t0 + Duration::from_secs(5), &mut s);
+        let t = table(&s);
+        assert_eq!(get(&t, "container_cpu_util", DOCKER), Some(10.0));
+        assert_eq!(get(&t, "container_cpu_util", APP), Some(40.0));
+        assert_eq!(get(&t, "container_mem_bytes", DOCKER), Some(2097152.0));
+        assert_eq!(get(&t, "container_mem_bytes", APP), Some(3145728.0));
+        assert_eq!(t.len(), 4);
+        let app = &t[&("container_cpu_util".to_string(), APP[..12].to_string())];
+        assert_eq!((app.1.as_deref(), app.2.as_deref()), (Some(POD), Some("default")));
+    }
+
+    #[actix_rt::test]
+    async fn no_cgroups_no_samples_no_error() {
+        let mut c = Containers::new(&ContainersConfig::default(), &fixture("fs-1"));
+        assert_eq!(collect_guarded(&mut c).await.unwrap(), vec![]);
+        assert_eq!(collect_guarded(&mut c).await.unwrap(), vec![]);
+    }
+
+    /// The real host: Ok (this machine may have no containers at all), and whatever is found
+    /// is well-formed and plausible.
+    #[actix_rt::test]
+    async fn live_host() {
+        let mut c = Containers::new(&ContainersConfig::default(), &Env::default());
+        collect_guarded(&mut c).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let s = collect_guarded(&mut c).await.unwrap();
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+        for x in &s {
+            let id = &x.tags["container"];
+            assert!(id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{x:?}");
+            match x.name.as_str() {
+                // Sampling jitter allows a little above the CPU count.
+                "container_cpu_util" => assert!(x.value >= 0.0 && x.value <= cpus * 100.0 * 1.5, "{x:?}"),
+                "container_mem_bytes" => assert!(x.value >= 0.0, "{x:?}"),
+                other => panic!("unexpected metric {other}"),
+            }
+        }
+    }
+}
