@@ -14,7 +14,9 @@ use crate::collector::{
 };
 use crate::config::ConfigProblem;
 
+pub mod dns;
 pub mod load;
+pub mod time_drift;
 
 macro_rules! registry {
     ($($name:ident: $ty:ty),* $(,)?) => {
@@ -95,4 +97,6 @@ macro_rules! registry {
 
 registry! {
     load: load::Load,
+    dns: dns::Dns,
+    time_drift: time_drift::TimeDrift,
 }
