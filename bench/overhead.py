@@ -28,6 +28,14 @@ def rss_kib(pid):
             return int(line.split()[1])
     return 0
 
+def pss_kib(pid):
+    # Proportional set size: pages shared by the two vigil processes (the same binary's
+    # code) count half in each, so the sum is what the pair really occupies.
+    for line in open(f"/proc/{pid}/smaps_rollup"):
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
 def free_port():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
 
@@ -79,6 +87,8 @@ def main():
     c1, s1 = cpu_secs(child), cpu_secs(sup.pid)
     done = n - n0
     vigil_rss = rss_kib(child) + rss_kib(sup.pid)
+    vigil_pss = pss_kib(child) + pss_kib(sup.pid)
+    busy_ms = sum(c["last_duration_ms"] or 0 for c in s["collectors"] if c["state"] != "disabled")
     per_child = (c1 - c0) / done * 1000
     per_sup = (s1 - s0) / done * 1000
     durations = {c["name"]: c["last_duration_ms"] for c in s["collectors"] if c["state"] != "disabled"}
@@ -98,6 +108,7 @@ def main():
         get(f"http://127.0.0.1:{ne_port}/metrics")
     ne_cpu = (cpu_secs(ne.pid) - n0) / a.cycles * 1000
     ne_rss = rss_kib(ne.pid)
+    ne_pss = pss_kib(ne.pid)
     ne.terminate(); ne.wait(timeout=10)
 
     print(f"cycles: {done} (interval {a.interval} s), node exporter scrapes: {a.cycles}")
@@ -105,8 +116,11 @@ def main():
     print(f"vigil supervisor CPU per cycle:  {per_sup:.3f} ms")
     print(f"vigil total CPU per cycle:       {per_child + per_sup:.3f} ms")
     print(f"vigil RSS (supervisor+collector): {vigil_rss / 1024:.1f} MiB")
+    print(f"vigil PSS (supervisor+collector): {vigil_pss / 1024:.1f} MiB")
+    print(f"sum of last collection wall times: {busy_ms:.3f} ms")
     print(f"node exporter CPU per scrape:    {ne_cpu:.3f} ms")
     print(f"node exporter RSS:               {ne_rss / 1024:.1f} MiB")
+    print(f"node exporter PSS:               {ne_pss / 1024:.1f} MiB")
     print(f"ratio CPU vigil/node-exporter:   {(per_child + per_sup) / ne_cpu:.2f}" if ne_cpu else "")
     print(f"ratio RSS vigil/node-exporter:   {vigil_rss / ne_rss:.2f}" if ne_rss else "")
     print("last collection durations (ms):", json.dumps(durations))

@@ -100,8 +100,19 @@ impl Processes {
     fn scan(&self) -> Result<Tally, CollectError> {
         let mut tally = Tally::default();
         let mut unreadable = 0usize;
-        for p in procfs::process::all_processes_with_root(self.env.path("/proc"))? {
-            match p.and_then(|p| p.stat()) {
+        // Each /proc/<pid>/stat is parsed by procfs directly: going through
+        // `procfs::process::Process` would also open (and close) a directory fd per process,
+        // which doubled the cost of this collector.
+        use procfs::FromRead;
+        let proc_dir = self.env.path("/proc");
+        let entries = std::fs::read_dir(&proc_dir)
+            .map_err(|source| CollectError::Io { path: proc_dir.display().to_string(), source })?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) else {
+                continue;
+            };
+            match procfs::process::Stat::from_file(proc_dir.join(pid).join("stat")) {
                 Ok(stat) => tally.add(&stat),
                 // Exited after the directory listing (ENOENT, or ESRCH which procfs maps here too).
                 Err(procfs::ProcError::NotFound(_)) => {}
