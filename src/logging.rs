@@ -36,7 +36,9 @@ pub fn init_supervisor(level: LogLevel, log_file: Option<&Path>) -> anyhow::Resu
                 .with_context(|| format!("cannot open log file {}", path.display()))?;
             tracing_subscriber::registry().with(fmt.with_writer(Mutex::new(file)).with_filter(filter)).init();
         }
-        None => tracing_subscriber::registry().with(fmt.with_writer(std::io::stderr).with_filter(filter)).init(),
+        None => {
+            tracing_subscriber::registry().with(fmt.with_writer(std::io::stderr).with_filter(filter)).init()
+        }
     }
     Ok(())
 }

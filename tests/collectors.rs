@@ -33,6 +33,33 @@ fn samples_reach_the_supervisor_and_status_counts_them() {
 }
 
 #[test]
+fn all_ten_collectors_run_in_the_real_child_without_errors() {
+    // time_drift gets an unreachable server quickly, so its collections fail fast (success 0).
+    let agent = Agent::start(
+        &with_collectors("", "[collectors.time_drift]\nservers = [\"127.0.0.1:9\"]\ntimeout_ms = 100\n"),
+        &[],
+    );
+    let s = agent.wait_status(T, "three collections of each", |s| {
+        s["collectors"].as_array().unwrap().iter().all(|c| c["collections"].as_u64() >= Some(3))
+    });
+    let names: Vec<&str> =
+        s["collectors"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["cpu", "disk", "dns", "fs", "containers", "load", "mem", "net", "processes", "time_drift"]
+    );
+    for c in s["collectors"].as_array().unwrap() {
+        assert_eq!(c["state"], "ok", "{c:#}");
+        assert_eq!(c["errors"], 0, "{c:#}");
+    }
+    // Collectors with something to measure on any Linux host produced samples.
+    for name in ["cpu", "fs", "load", "mem", "processes", "time_drift"] {
+        assert!(entry(&s, name)["samples"].as_u64() > Some(0), "{name}: {s:#}");
+    }
+    assert_eq!(s["collector"]["incarnation"], 1);
+}
+
+#[test]
 fn a_disabled_collector_is_shown_disabled_and_not_run() {
     let agent = Agent::start(&with_collectors("", "[collectors.load]\nenabled = false\n"), &[]);
     agent.wait_running(1, T);
@@ -70,11 +97,13 @@ fn a_crash_names_the_collector_in_flight_and_repeat_crashes_quarantine_it() {
     assert_eq!(entry(&s, "load")["crashes"], 2);
     assert!(entry(&s, "load")["quarantined_until"].is_string());
     assert!(agent.log_lines("quarantined").iter().any(|l| l.contains(" ERROR ") && l.contains("load")));
-    // The quarantined child keeps running.
+    // The quarantined child keeps running, and so do the other collectors.
     let s = agent.wait_running(3, T);
+    let cpu_before = entry(&s, "cpu")["collections"].as_u64().unwrap();
     std::thread::sleep(Duration::from_millis(1000));
     let s2 = agent.status();
     assert_eq!(s2["collector"]["incarnation"], s["collector"]["incarnation"], "no crash while quarantined");
+    assert!(entry(&s2, "cpu")["collections"].as_u64().unwrap() >= cpu_before + 2, "others keep collecting");
     // After quarantine_secs the collector runs again (and, still faulty, crashes again).
     agent.wait_status(T, "load back and crashing", |s| entry(s, "load")["crashes"].as_u64() >= Some(3));
 }

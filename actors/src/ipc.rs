@@ -47,7 +47,7 @@ pub enum ToCollector {
     /// What to collect. Sent right after spawn and whenever it changes (a quarantine starts
     /// or ends); the child (re)starts its collector actors to match.
     Configure {
-        collectors: crate::collectors::CollectorsConfig,
+        collectors: Box<crate::collectors::CollectorsConfig>,
         /// Collectors not to run even if enabled (quarantined).
         disabled: Vec<String>,
         /// Host names of the upload URLs (the dns collector's default names).

@@ -164,7 +164,7 @@ impl Handler<Inbound> for ParentLink {
                 self.writer.borrow_mut().send(&FromCollector::HeartbeatAck { seq });
             }
             Inbound::Message(ToCollector::Configure { collectors, disabled, upload_hosts }) => {
-                self.configure(collectors, disabled, upload_hosts);
+                self.configure(*collectors, disabled, upload_hosts);
             }
             Inbound::Closed => {
                 tracing::info!("Stdin closed by the supervisor; shutting down.");

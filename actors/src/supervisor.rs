@@ -331,7 +331,7 @@ impl Supervisor {
 
     fn configure_message(&self) -> SendToChild {
         SendToChild(ToCollector::Configure {
-            collectors: self.settings.collectors.clone(),
+            collectors: Box::new(self.settings.collectors.clone()),
             disabled: self.disabled(),
             upload_hosts: self.settings.upload_hosts.clone(),
         })

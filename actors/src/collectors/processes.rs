@@ -109,7 +109,8 @@ impl Processes {
             .map_err(|source| CollectError::Io { path: proc_dir.display().to_string(), source })?;
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let Some(pid) = name.to_str().filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) else {
+            let Some(pid) = name.to_str().filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            else {
                 continue;
             };
             match procfs::process::Stat::from_file(proc_dir.join(pid).join("stat")) {
