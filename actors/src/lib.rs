@@ -29,6 +29,7 @@
 //! * [`collectors`]: the one list of collectors, and each collector.
 //! * [`config`]: the configuration schema and its semantic checks.
 //! * [`signals`]: signal names.
+//! * [`spool`]: the durable, checksummed spool of one upload sink (upload itself: issue 4).
 
 pub mod child_process;
 pub mod collector;
@@ -40,6 +41,7 @@ pub mod heartbeat;
 pub mod ipc;
 pub mod parent_link;
 pub mod signals;
+pub mod spool;
 pub mod supervisor;
 
 /// The version both processes report.

@@ -34,8 +34,9 @@
 //! # What is measured
 //!
 //! - `container_cpu_util`: CPU time the container used between two collections divided by
-//!   the wall time between them, in percent of **one** CPU (as `docker stats` and `top`
-//!   show it): a container busy on two CPUs reads 200. Read from `usage_usec` in cgroup v2
+//!   the wall time between them and by the host's CPU count: percent of the host's whole
+//!   CPU capacity, 0-100 like every utilisation of CONTRACT §4 (one busy CPU on a 4-CPU
+//!   host reads 25; `docker stats` would say 100). Read from `usage_usec` in cgroup v2
 //!   `cpu.stat`, or `cpuacct.usage` (ns) in cgroup v1. The first collection (and the first
 //!   one that sees a new container) only records the counter; a counter that went down
 //!   (the cgroup was recreated under the same id) skips that container for one interval.
@@ -173,12 +174,12 @@ fn read_cpu_stat_ns(path: &Path) -> Option<u64> {
     usec.checked_mul(1000)
 }
 
-/// CPU used between two readings of a cumulative counter, in percent of one CPU; `None`
-/// when the counter went down (reset) or no time passed.
-pub fn cpu_util(prev_ns: u64, now_ns: u64, elapsed: Duration) -> Option<f64> {
+/// CPU used between two readings of a cumulative counter, in percent of `cpus` CPUs
+/// (0 is taken as 1); `None` when the counter went down (reset) or no time passed.
+pub fn cpu_util(prev_ns: u64, now_ns: u64, elapsed: Duration, cpus: usize) -> Option<f64> {
     let used = now_ns.checked_sub(prev_ns)?;
     let wall = elapsed.as_nanos();
-    (wall > 0).then(|| used as f64 / wall as f64 * 100.0)
+    (wall > 0).then(|| used as f64 / wall as f64 * 100.0 / cpus.max(1) as f64)
 }
 
 /// One container's readings in one collection.
@@ -280,6 +281,8 @@ pub struct Containers {
     prev: HashMap<String, (u64, Instant)>,
     /// Pod UID -> namespace, once found; forgotten when the pod's last container goes.
     namespaces: HashMap<String, String>,
+    /// Host CPUs, the denominator of container_cpu_util.
+    cpus: usize,
 }
 
 impl Containers {
@@ -313,7 +316,8 @@ impl Containers {
             };
             if let Some(now_ns) = r.cpu_ns {
                 if let Some((prev_ns, then)) = prev.remove(&r.id) {
-                    if let Some(u) = cpu_util(prev_ns, now_ns, now.saturating_duration_since(then)) {
+                    if let Some(u) = cpu_util(prev_ns, now_ns, now.saturating_duration_since(then), self.cpus)
+                    {
                         out.push(tagged("container_cpu_util", u));
                     }
                 }
@@ -331,7 +335,12 @@ impl Collector for Containers {
     type Config = ContainersConfig;
 
     fn new(_: &ContainersConfig, env: &Env) -> Self {
-        Self { env: env.clone(), prev: HashMap::new(), namespaces: HashMap::new() }
+        Self {
+            env: env.clone(),
+            prev: HashMap::new(),
+            namespaces: HashMap::new(),
+            cpus: super::load::cpu_count(env),
+        }
     }
 
     async fn collect(&mut self, out: &mut Vec<Sample>) -> Result<(), CollectError> {
@@ -418,12 +427,13 @@ mod tests {
     #[test]
     fn rate_arithmetic() {
         let ten = Duration::from_secs(10);
-        assert_eq!(cpu_util(5_000_000_000, 7_500_000_000, ten), Some(25.0));
-        assert_eq!(cpu_util(0, 20_000_000_000, ten), Some(200.0), "two busy CPUs read 200");
-        assert_eq!(cpu_util(7, 7, ten), Some(0.0));
-        assert_eq!(cpu_util(20_000_000_000, 15_000_000_000, ten), None, "counter went down");
-        assert_eq!(cpu_util(u64::MAX - 5, 3, ten), None, "wrap is a reset too");
-        assert_eq!(cpu_util(1, 2, Duration::ZERO), None);
+        assert_eq!(cpu_util(5_000_000_000, 7_500_000_000, ten, 1), Some(25.0));
+        assert_eq!(cpu_util(0, 20_000_000_000, ten, 4), Some(50.0), "two busy CPUs of four read 50");
+        assert_eq!(cpu_util(0, 20_000_000_000, ten, 2), Some(100.0), "never above 100 on a real host");
+        assert_eq!(cpu_util(7, 7, ten, 2), Some(0.0));
+        assert_eq!(cpu_util(20_000_000_000, 15_000_000_000, ten, 1), None, "counter went down");
+        assert_eq!(cpu_util(u64::MAX - 5, 3, ten, 1), None, "wrap is a reset too");
+        assert_eq!(cpu_util(1, 2, Duration::ZERO, 1), None);
     }
 
     #[test]

@@ -46,7 +46,8 @@ impl Load {
     }
 }
 
-fn cpu_count(env: &Env) -> usize {
+/// Logical CPUs of the host (sysinfo), or of a fixture root (its /proc/cpuinfo); 0 if unknown.
+pub(crate) fn cpu_count(env: &Env) -> usize {
     if env.root == std::path::Path::new("/") {
         let sys = sysinfo::System::new_with_specifics(
             sysinfo::RefreshKind::nothing().with_cpu(sysinfo::CpuRefreshKind::nothing()),
