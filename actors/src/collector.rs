@@ -281,3 +281,22 @@ pub async fn collect_guarded<C: Collector>(c: &mut C) -> Result<Vec<Sample>, Col
         Err(p) => Err(CollectError::Other(format!("panicked: {}", panic_message(&p)))),
     }
 }
+
+/// Helpers for the collectors' unit tests.
+#[cfg(test)]
+pub(crate) mod testutil {
+    use super::{Env, Sample};
+
+    /// An `Env` rooted at `tests/fixtures/NAME`.
+    pub fn fixture(name: &str) -> Env {
+        Env {
+            root: format!("{}/../tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR")).into(),
+            ..Env::default()
+        }
+    }
+
+    /// The value of the first sample called `name`; panics (listing the samples) if none.
+    pub fn value(s: &[Sample], name: &str) -> f64 {
+        s.iter().find(|x| x.name == name).unwrap_or_else(|| panic!("{name} missing: {s:?}")).value
+    }
+}

@@ -353,13 +353,7 @@ impl Collector for Containers {
 mod tests {
     use super::*;
     use crate::collector::collect_guarded;
-
-    fn fixture(name: &str) -> Env {
-        Env {
-            root: format!("{}/../tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR")).into(),
-            ..Env::default()
-        }
-    }
+    use crate::collector::testutil::fixture;
 
     const DOCKER: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     const APP: &str = "aaaaaaaaaaaa0000000000000000000000000000000000000000000000000001";

@@ -166,17 +166,7 @@ impl Collector for Cpu {
 mod tests {
     use super::*;
     use crate::collector::collect_guarded;
-
-    fn fixture(name: &str) -> Env {
-        Env {
-            root: format!("{}/../tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR")).into(),
-            ..Env::default()
-        }
-    }
-
-    fn value(s: &[Sample], name: &str) -> f64 {
-        s.iter().find(|x| x.name == name).unwrap_or_else(|| panic!("{name} missing: {s:?}")).value
-    }
+    use crate::collector::testutil::{fixture, value};
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-9

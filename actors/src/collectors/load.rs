@@ -88,21 +88,11 @@ impl Collector for Load {
 mod tests {
     use super::*;
     use crate::collector::collect_guarded;
-
-    fn fixture() -> Env {
-        Env {
-            root: concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/proc-basic").into(),
-            ..Env::default()
-        }
-    }
-
-    fn value(s: &[Sample], name: &str) -> f64 {
-        s.iter().find(|x| x.name == name).unwrap_or_else(|| panic!("{name} missing: {s:?}")).value
-    }
+    use crate::collector::testutil::{fixture, value};
 
     #[actix_rt::test]
     async fn fixture_values() {
-        let env = fixture();
+        let env = fixture("proc-basic");
         let mut c = Load::new(&LoadConfig::default(), &env);
         let s = collect_guarded(&mut c).await.unwrap();
         assert_eq!(value(&s, "load_1"), 1.5);

@@ -169,13 +169,7 @@ mod tests {
 
     use super::*;
     use crate::collector::collect_guarded;
-
-    fn fixture(name: &str) -> Env {
-        Env {
-            root: format!("{}/../tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR")).into(),
-            ..Env::default()
-        }
-    }
+    use crate::collector::testutil::fixture;
 
     fn find<'a>(s: &'a [Sample], name: &str) -> Option<&'a Sample> {
         s.iter().find(|x| x.name == name)
