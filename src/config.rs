@@ -151,7 +151,11 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     }
     if let Some(c) = &config {
         for p in c.validate() {
-            let path: Vec<Segment> = p.path.split('.').map(|k| Segment::Key(k.to_string())).collect();
+            let path: Vec<Segment> = p
+                .path
+                .split('.')
+                .map(|k| k.parse().map(Segment::Index).unwrap_or_else(|_| Segment::Key(k.to_string())))
+                .collect();
             let (line, column) = locate(text, &doc, &path).unzip();
             errors.push(ConfigError { line, column, message: format!("`{}`: {}", p.path, p.message) });
         }

@@ -5,6 +5,7 @@ mod collector;
 mod config;
 mod logging;
 mod once;
+mod receive;
 mod run;
 mod status;
 
@@ -42,6 +43,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A local ingest server for the native protocol: WebSocket at /v1/ingest, one JSON line
+    /// per accepted batch in FILE.
+    Receive {
+        /// IP:port to listen on.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// File the accepted batches are appended to.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Validate the configuration; print every error with file, line and column.
     CheckConfig {
         /// Config file (default: $VIGIL_CONFIG, else /etc/vigil/vigil.toml if it exists).
@@ -56,6 +67,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::main(args),
         Command::Collector => collector::main(),
         Command::Once { config, json } => once::main(config, json),
+        Command::Receive { listen, out } => receive::main(listen, out),
         Command::CheckConfig { config } => check_config(config),
     }
 }

@@ -5,11 +5,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use actix::AsyncContext;
+use actix::{Actor, AsyncContext};
 use anyhow::Context as _;
 use tokio::signal::unix::{signal, SignalKind};
 use vigil_actors::config::Config;
 use vigil_actors::supervisor::{Shutdown, Supervisor, SupervisorSettings};
+use vigil_actors::uploader::Uploader;
 
 use crate::config;
 
@@ -87,16 +88,36 @@ fn run(args: RunArgs, source: config::Source, cfg: Config) -> anyhow::Result<i32
         version: vigil_actors::VERSION.to_string(),
         collectors: cfg.collectors.clone(),
         tags: cfg.agent.tags.clone(),
-        upload_hosts: Vec::new(),
+        upload_hosts: cfg.upload.iter().filter_map(|u| url_host(&u.url)).collect(),
+        sinks: Vec::new(),
     };
+    let host = if cfg.agent.hostname.is_empty() {
+        sysinfo::System::host_name().unwrap_or_else(|| "unknown".into())
+    } else {
+        cfg.agent.hostname.clone()
+    };
+    let uploads = cfg.upload.clone();
 
     let system = actix_rt::System::new();
     let started: anyhow::Result<()> = system.block_on(async move {
         // Bind the status endpoint before the first collector is spawned: a port in use is
         // a fatal start-up error and must not leave a child behind.
+        let mut settings = settings;
+        let mut sinks = Vec::new();
+        if !uploads.is_empty() {
+            let agent_id = vigil_actors::protocol::agent_id(&settings.data_dir)
+                .with_context(|| format!("cannot read or create {}/agent_id", settings.data_dir.display()))?;
+            for u in uploads {
+                let name = u.name.clone();
+                let up = Uploader::new(u, &settings.data_dir, agent_id.clone(), host.clone())
+                    .with_context(|| format!("cannot open the spool of sink {name}"))?;
+                sinks.push(up.start());
+            }
+        }
+        settings.sinks = sinks.iter().map(|a| a.clone().recipient()).collect();
         let ctx = actix::Context::<Supervisor>::new();
         let supervisor = ctx.address();
-        if let Some((_handle, addr)) = crate::status::start(&listen, token, supervisor.clone())? {
+        if let Some((_handle, addr)) = crate::status::start(&listen, token, supervisor.clone(), sinks)? {
             tracing::info!(addr = %addr, "Status endpoint listening.");
         }
         ctx.run(Supervisor::new(settings));
@@ -121,4 +142,17 @@ fn run(args: RunArgs, source: config::Source, cfg: Config) -> anyhow::Result<i32
     started?;
     let code = system.run_with_code().context("supervisor event loop failed")?;
     Ok(code)
+}
+
+/// The host name of a URL (`ws://host:port/path` → `host`), for the dns collector.
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        host_port.split(':').next()?
+    };
+    (!host.is_empty()).then(|| host.to_string())
 }

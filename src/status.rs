@@ -10,9 +10,12 @@ use actix_web::{http::header, web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context as _;
 use vigil_actors::config::ListenAddr;
 use vigil_actors::supervisor::{GetStatus, Supervisor};
+use vigil_actors::uploader::{GetSinkStatus, Uploader};
 
 struct AppState {
     supervisor: Addr<Supervisor>,
+    /// The upload sinks, asked for their `/status` `uploads` entries.
+    sinks: Vec<Addr<Uploader>>,
     /// Bearer token every request must carry, when configured.
     token: Option<String>,
 }
@@ -23,8 +26,9 @@ pub fn start(
     listen: &ListenAddr,
     token: Option<String>,
     supervisor: Addr<Supervisor>,
+    sinks: Vec<Addr<Uploader>>,
 ) -> anyhow::Result<Option<(actix_web::dev::ServerHandle, String)>> {
-    let state = web::Data::new(AppState { supervisor, token });
+    let state = web::Data::new(AppState { supervisor, sinks, token });
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -99,7 +103,14 @@ async fn status(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
         return unauthorized();
     }
     match state.supervisor.send(GetStatus).await {
-        Ok(snap) => HttpResponse::Ok().json(snap),
+        Ok(mut snap) => {
+            for sink in &state.sinks {
+                if let Ok(st) = sink.send(GetSinkStatus).await {
+                    snap.uploads.push(serde_json::to_value(st).unwrap_or_default());
+                }
+            }
+            HttpResponse::Ok().json(snap)
+        }
         Err(e) => HttpResponse::ServiceUnavailable()
             .json(serde_json::json!({ "error": format!("supervisor unavailable: {e}") })),
     }

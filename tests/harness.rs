@@ -46,7 +46,19 @@ pub struct Agent {
 impl Agent {
     /// Starts `vigil run` with `config` and extra environment; waits for the status endpoint.
     pub fn start(config: &str, env: &[(&str, &str)]) -> Agent {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Agent::start_in(tempfile::tempdir().expect("temp dir"), config, env)
+    }
+
+    /// Starts `vigil run` again on the same data dir (after the previous one ended).
+    pub fn restart(mut self, config: &str) -> Agent {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        let _ = std::fs::remove_file(dir.path().join("vigil.log"));
+        Agent::start_in(dir, config, &[])
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Agent {
         let cfg = dir.path().join("vigil.toml");
         std::fs::write(&cfg, config).unwrap();
         let log = dir.path().join("vigil.log");

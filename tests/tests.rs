@@ -6,3 +6,4 @@ mod cli;
 mod collectors;
 mod status;
 mod supervision;
+mod upload;

@@ -16,6 +16,50 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     pub status: StatusConfig,
     pub collectors: CollectorsConfig,
+    /// `[[upload]]`: zero or more sinks; none means local only.
+    pub upload: Vec<UploadConfig>,
+}
+
+/// Which protocol a sink speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkType {
+    /// The native protocol: MessagePack batches over a WebSocket (docs/protocol.md).
+    #[default]
+    Vigil,
+    /// Prometheus remote write 1.0.
+    RemoteWrite,
+}
+
+/// One `[[upload]]` sink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadConfig {
+    /// Unique name; also the spool directory `DATA_DIR/spool/NAME`.
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: SinkType,
+    /// `ws://` or `wss://` for `vigil`; `http://` or `https://` for `remote_write`.
+    pub url: String,
+    /// File holding a bearer token sent as `Authorization: Bearer`.
+    pub token_file: String,
+    /// Seconds between two batches.
+    pub flush_interval_secs: f64,
+    /// Spool size limit in bytes; the oldest batches are dropped (and counted) past it.
+    pub spool_max_bytes: u64,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        Self {
+            name: "main".into(),
+            kind: SinkType::Vigil,
+            url: "ws://127.0.0.1:9780/v1/ingest".into(),
+            token_file: String::new(),
+            flush_interval_secs: 10.0,
+            spool_max_bytes: 268_435_456,
+        }
+    }
 }
 
 /// `[agent]`: identity, files and logging.
@@ -265,6 +309,55 @@ impl Config {
             }
         }
         out.extend(self.collectors.validate());
+        let mut names = std::collections::HashSet::new();
+        for (i, u) in self.upload.iter().enumerate() {
+            let at = |k: &str| format!("upload.{i}.{k}");
+            if u.name.is_empty()
+                || !u.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                out.push(ConfigProblem {
+                    path: at("name"),
+                    message: "must be letters, digits, - or _ (it names the spool directory)".into(),
+                });
+            } else if !names.insert(u.name.clone()) {
+                out.push(ConfigProblem {
+                    path: at("name"),
+                    message: format!("sink name `{}` is used twice", u.name),
+                });
+            }
+            let schemes: &[&str] = match u.kind {
+                SinkType::Vigil => &["ws://", "wss://"],
+                SinkType::RemoteWrite => &["http://", "https://"],
+            };
+            if !schemes.iter().any(|s| u.url.starts_with(s)) {
+                out.push(ConfigProblem {
+                    path: at("url"),
+                    message: format!("must start with {}", schemes.join(" or ")),
+                });
+            }
+            if u.kind == SinkType::RemoteWrite {
+                out.push(ConfigProblem {
+                    path: at("type"),
+                    message: "remote_write sinks are not implemented in this version (use type = \"vigil\")"
+                        .into(),
+                });
+            }
+            if !(u.flush_interval_secs.is_finite()
+                && u.flush_interval_secs > 0.0
+                && u.flush_interval_secs <= 1e7)
+            {
+                out.push(ConfigProblem {
+                    path: at("flush_interval_secs"),
+                    message: "must be a number of seconds above 0".into(),
+                });
+            }
+            if u.spool_max_bytes < 1024 * 1024 {
+                out.push(ConfigProblem {
+                    path: at("spool_max_bytes"),
+                    message: "must be at least 1048576 (1 MiB)".into(),
+                });
+            }
+        }
         out
     }
 }

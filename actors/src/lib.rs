@@ -28,6 +28,8 @@
 //! * [`collector`]: the `Collector` trait and the generic `CollectorActor`.
 //! * [`collectors`]: the one list of collectors, and each collector.
 //! * [`config`]: the configuration schema and its semantic checks.
+//! * [`protocol`]: the native upload protocol.
+//! * [`uploader`]: one actor per upload sink (spool, connection, acks).
 //! * [`signals`]: signal names.
 //! * [`spool`]: the durable, checksummed spool of one upload sink (upload itself: issue 4).
 
@@ -40,9 +42,11 @@ pub mod fault;
 pub mod heartbeat;
 pub mod ipc;
 pub mod parent_link;
+pub mod protocol;
 pub mod signals;
 pub mod spool;
 pub mod supervisor;
+pub mod uploader;
 
 /// The version both processes report.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

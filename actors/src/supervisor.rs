@@ -129,6 +129,8 @@ pub struct SupervisorSettings {
     pub tags: BTreeMap<String, String>,
     /// Host names of the upload URLs (the dns collector's default names).
     pub upload_hosts: Vec<String>,
+    /// The upload sinks every sample is published to.
+    pub sinks: Vec<Recipient<crate::uploader::Publish>>,
 }
 
 impl SupervisorSettings {
@@ -350,10 +352,25 @@ impl Supervisor {
         error: Option<String>,
     ) {
         let n = samples.len() as u64;
+        let mut wire = Vec::with_capacity(samples.len());
         for s in samples {
             let mut tags = self.settings.tags.clone();
             tags.extend(s.tags);
+            if !self.settings.sinks.is_empty() {
+                wire.push(crate::protocol::WireSample {
+                    name: s.name.clone(),
+                    tags: tags.clone(),
+                    ts_ms,
+                    value: s.value,
+                });
+            }
             self.record(ts_ms, &s.name, s.value, tags);
+        }
+        if !wire.is_empty() {
+            let wire = std::sync::Arc::new(wire);
+            for sink in &self.settings.sinks {
+                sink.do_send(crate::uploader::Publish(wire.clone()));
+            }
         }
         let st = self.stats.entry(collector.clone()).or_default();
         st.last_duration_ms = Some(duration_ms);

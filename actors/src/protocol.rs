@@ -1,0 +1,89 @@
+//! The native upload protocol (the `vigil` sink and `vigil receive`), specified byte for
+//! byte in docs/protocol.md: MessagePack (rmp-serde, structs as maps) in binary WebSocket
+//! messages.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// One sample as uploaded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireSample {
+    pub name: String,
+    pub tags: BTreeMap<String, String>,
+    pub ts_ms: i64,
+    pub value: f64,
+}
+
+/// Client → server: one batch of a sink. `seq` starts at 1 per sink and increases by one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    pub agent_id: String,
+    pub seq: u64,
+    pub host: String,
+    pub samples: Vec<WireSample>,
+    /// Crash reports (the `ID.json` objects) not yet delivered to this sink.
+    pub crash_reports: Vec<serde_json::Value>,
+}
+
+/// Server → client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ServerMsg {
+    /// The batch `seq` is stored (or was already): the client may forget it and all
+    /// earlier ones.
+    Ack { seq: u64 },
+}
+
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    rmp_serde::to_vec_named(msg).expect("protocol messages always encode")
+}
+
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, rmp_serde::decode::Error> {
+    rmp_serde::from_slice(bytes)
+}
+
+/// The agent's identity: generated once (random 128 bits, hex) and kept in
+/// `DATA_DIR/agent_id`, so it survives restarts and upgrades.
+pub fn agent_id(data_dir: &Path) -> std::io::Result<String> {
+    let path = data_dir.join("agent_id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let id = format!("{:032x}", rand::random::<u128>());
+    let tmp = data_dir.join(".agent_id.tmp");
+    std::fs::write(&tmp, &id)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_round_trip_and_agent_id_is_stable() {
+        let b = Batch {
+            agent_id: "a".into(),
+            seq: 7,
+            host: "h".into(),
+            samples: vec![WireSample { name: "load_1".into(), tags: BTreeMap::new(), ts_ms: 1, value: 0.5 }],
+            crash_reports: vec![serde_json::json!({"id": "x"})],
+        };
+        assert_eq!(decode::<Batch>(&encode(&b)).unwrap(), b);
+        assert_eq!(
+            decode::<ServerMsg>(&encode(&ServerMsg::Ack { seq: 3 })).unwrap(),
+            ServerMsg::Ack { seq: 3 }
+        );
+        let d = std::env::temp_dir().join(format!("vigil-agent-id-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let a = agent_id(&d).unwrap();
+        assert_eq!(a.len(), 32);
+        assert_eq!(agent_id(&d).unwrap(), a);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

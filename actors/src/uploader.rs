@@ -1,0 +1,366 @@
+//! [`Uploader`]: one per `[[upload]]` sink, in the supervisor. Collector restarts never touch
+//! it: its connection and spool belong to the supervisor process.
+//!
+//! Samples arrive from the Supervisor ([`Publish`]) and are buffered. Every
+//! `flush_interval_secs` the buffer becomes one [`Batch`] with the spool's next seq, is
+//! appended to the spool (synced: the commit point), and only then sent. A batch leaves the
+//! spool when the receiver acknowledges its seq. At most [`WINDOW`] batches are in flight on
+//! a connection; after a reconnect everything unacknowledged is sent again, in order (the
+//! receiver de-duplicates by `(agent_id, seq)`). Failed connections back off exponentially
+//! (1 s doubling to 60 s, minus up to 20 % jitter); an idle connection is pinged every
+//! [`PING_EVERY`].
+
+use std::path::Path;
+use std::time::Duration;
+
+use actix::prelude::*;
+use awc::ws;
+use futures_util::{SinkExt, StreamExt};
+use rand::Rng;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::config::UploadConfig;
+use crate::protocol::{self, Batch, ServerMsg, WireSample};
+use crate::spool::{Spool, SpoolError};
+
+/// Batches sent and not yet acknowledged, at most.
+pub const WINDOW: u64 = 16;
+/// Idle connections are pinged this often.
+pub const PING_EVERY: Duration = Duration::from_secs(15);
+/// Samples buffered between two flushes, at most (the oldest are dropped past it, counted).
+pub const MAX_BUFFERED: usize = 1_000_000;
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// Samples for the next batch.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Publish(pub std::sync::Arc<Vec<WireSample>>);
+
+/// `/status` `uploads` entry.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SinkStatus {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub connected: bool,
+    /// Batches acknowledged by the receiver since start.
+    pub sent_batches: u64,
+    /// Batches in the spool, not yet acknowledged.
+    pub spooled_batches: u64,
+    pub spool_bytes: u64,
+    pub dropped_samples: u64,
+    /// Drops by reason: `spool_full` (batches), `buffer_full` (samples), `corrupt_records`
+    /// (spool records found damaged), `torn_bytes` (spool bytes cut from torn tails).
+    pub dropped: std::collections::BTreeMap<&'static str, u64>,
+    pub last_seq: u64,
+    pub acked_seq: u64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Message)]
+#[rtype(result = "SinkStatus")]
+pub struct GetSinkStatus;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+enum ConnEvent {
+    Acked(u64),
+    Closed(String),
+}
+
+pub struct Uploader {
+    cfg: UploadConfig,
+    agent_id: String,
+    host: String,
+    spool: Spool,
+    buffer: Vec<WireSample>,
+    /// Sender to the connection's writer task, while connected.
+    conn: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    connecting: bool,
+    /// Highest seq sent on the current connection.
+    sent_upto: u64,
+    backoff: Duration,
+    acked_batches: u64,
+    dropped_buffer: u64,
+    last_error: Option<String>,
+    /// Bumped per connection, so events of an old one are ignored.
+    generation: u64,
+}
+
+impl Uploader {
+    pub fn new(
+        cfg: UploadConfig,
+        data_dir: &Path,
+        agent_id: String,
+        host: String,
+    ) -> Result<Self, SpoolError> {
+        let spool = Spool::open(&data_dir.join("spool").join(&cfg.name), cfg.spool_max_bytes)?;
+        let st = spool.stats();
+        if st.corrupt_records > 0 || st.torn_bytes > 0 {
+            tracing::warn!(
+                sink = %cfg.name,
+                corrupt_records = st.corrupt_records,
+                torn_bytes = st.torn_bytes,
+                "Spool had damaged records; they were skipped."
+            );
+        }
+        tracing::info!(sink = %cfg.name, pending = spool.pending_len(), next_seq = spool.next_seq(), "Spool opened.");
+        Ok(Self {
+            cfg,
+            agent_id,
+            host,
+            spool,
+            buffer: Vec::new(),
+            conn: None,
+            connecting: false,
+            sent_upto: 0,
+            backoff: BACKOFF_MIN,
+            acked_batches: 0,
+            dropped_buffer: 0,
+            last_error: None,
+            generation: 0,
+        })
+    }
+
+    fn flush(&mut self) {
+        if self.buffer.is_empty() {
+            return;
+        }
+        let batch = Batch {
+            agent_id: self.agent_id.clone(),
+            seq: self.spool.next_seq(),
+            host: self.host.clone(),
+            samples: std::mem::take(&mut self.buffer),
+            crash_reports: Vec::new(),
+        };
+        let bytes = protocol::encode(&batch);
+        match self.spool.append(&bytes) {
+            Ok(seq) => debug_assert_eq!(seq, batch.seq),
+            Err(e) => {
+                // Nothing durable was written: keep the samples for the next flush.
+                tracing::error!(sink = %self.cfg.name, error = %e, "Cannot spool a batch; keeping it in memory.");
+                self.last_error = Some(format!("spool: {e}"));
+                self.buffer = batch.samples;
+            }
+        }
+        self.pump();
+    }
+
+    /// Sends pending batches up to the window.
+    fn pump(&mut self) {
+        let Some(tx) = &self.conn else { return };
+        let acked = self.spool.acked();
+        let start = self.sent_upto.max(acked);
+        for rec in self.spool.pending().filter(|r| r.seq > start) {
+            if rec.seq > acked + WINDOW {
+                break;
+            }
+            if tx.send(rec.payload.clone()).is_err() {
+                break;
+            }
+            self.sent_upto = rec.seq;
+        }
+    }
+
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        if self.connecting || self.conn.is_some() {
+            return;
+        }
+        self.connecting = true;
+        self.generation += 1;
+        let generation = self.generation;
+        let url = self.cfg.url.clone();
+        let token = match self.cfg.token_file.as_str() {
+            "" => None,
+            f => match std::fs::read_to_string(f) {
+                Ok(t) => Some(t.trim().to_string()),
+                Err(e) => {
+                    self.last_error = Some(format!("token_file {f}: {e}"));
+                    None
+                }
+            },
+        };
+        let fut = async move {
+            let client = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
+            let mut req = client.ws(url.as_str());
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            req.connect().await.map(|(_, framed)| framed).map_err(|e| e.to_string())
+        };
+        ctx.spawn(fut.into_actor(self).map(move |res, this, ctx| {
+            this.connecting = false;
+            match res {
+                Ok(framed) => {
+                    tracing::info!(sink = %this.cfg.name, url = %this.cfg.url, "Upload connection established.");
+                    this.backoff = BACKOFF_MIN;
+                    this.last_error = None;
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    this.conn = Some(tx);
+                    this.sent_upto = this.spool.acked();
+                    run_connection(framed, rx, ctx.address(), generation);
+                    this.pump();
+                }
+                Err(e) => this.disconnected(ctx, e),
+            }
+        }));
+    }
+
+    fn disconnected(&mut self, ctx: &mut Context<Self>, why: String) {
+        self.conn = None;
+        let jitter = 1.0 - 0.2 * rand::thread_rng().gen::<f64>();
+        let delay = self.backoff.mul_f64(jitter);
+        tracing::warn!(
+            sink = %self.cfg.name,
+            error = %why,
+            retry_in_ms = delay.as_millis() as u64,
+            spooled = self.spool.pending_len(),
+            "Upload connection failed; batches stay in the spool."
+        );
+        self.last_error = Some(why);
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        ctx.run_later(delay, |this, ctx| this.connect(ctx));
+    }
+
+    fn status(&self) -> SinkStatus {
+        let st = self.spool.stats();
+        let dropped = std::collections::BTreeMap::from([
+            ("spool_full", st.dropped_records),
+            ("buffer_full", self.dropped_buffer),
+            ("corrupt_records", st.corrupt_records),
+            ("torn_bytes", st.torn_bytes),
+        ]);
+        SinkStatus {
+            name: self.cfg.name.clone(),
+            kind: match self.cfg.kind {
+                crate::config::SinkType::Vigil => "vigil",
+                crate::config::SinkType::RemoteWrite => "remote_write",
+            },
+            connected: self.conn.is_some(),
+            sent_batches: self.acked_batches,
+            spooled_batches: self.spool.pending_len() as u64,
+            spool_bytes: self.spool.bytes(),
+            dropped_samples: self.dropped_buffer,
+            dropped,
+            last_seq: self.spool.next_seq().saturating_sub(1),
+            acked_seq: self.spool.acked(),
+            last_error: self.last_error.clone(),
+        }
+    }
+}
+
+/// Drives one WebSocket connection: writes queued batches (and pings when idle), reads
+/// acks. Ends with `Closed` on any error or close.
+fn run_connection<F>(
+    framed: F,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    addr: Addr<Uploader>,
+    generation: u64,
+) where
+    F: futures_util::Sink<ws::Message, Error = awc::error::WsProtocolError>
+        + futures_util::Stream<Item = Result<ws::Frame, awc::error::WsProtocolError>>
+        + 'static,
+{
+    let (mut sink, mut stream) = framed.split();
+    actix_rt::spawn(async move {
+        let why = loop {
+            tokio::select! {
+                out = rx.recv() => match out {
+                    Some(bytes) => {
+                        if let Err(e) = sink.send(ws::Message::Binary(bytes.into())).await {
+                            break format!("send: {e}");
+                        }
+                    }
+                    None => break "closed by the uploader".to_string(),
+                },
+                frame = stream.next() => match frame {
+                    Some(Ok(ws::Frame::Binary(b))) => match protocol::decode::<ServerMsg>(&b) {
+                        Ok(ServerMsg::Ack { seq }) => addr.do_send(Conn { generation, ev: ConnEvent::Acked(seq) }),
+                        Err(e) => tracing::warn!(error = %e, "Ignoring an undecodable message from the receiver."),
+                    },
+                    Some(Ok(ws::Frame::Ping(p))) => {
+                        if sink.send(ws::Message::Pong(p)).await.is_err() {
+                            break "send pong failed".to_string();
+                        }
+                    }
+                    Some(Ok(ws::Frame::Close(reason))) => break format!("closed by the receiver: {reason:?}"),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => break format!("receive: {e}"),
+                    None => break "connection closed".to_string(),
+                },
+                _ = tokio::time::sleep(PING_EVERY) => {
+                    if let Err(e) = sink.send(ws::Message::Ping(Vec::new().into())).await {
+                        break format!("ping: {e}");
+                    }
+                }
+            }
+        };
+        addr.do_send(Conn { generation, ev: ConnEvent::Closed(why) });
+    });
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Conn {
+    generation: u64,
+    ev: ConnEvent,
+}
+
+impl Actor for Uploader {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let every = crate::config::secs(self.cfg.flush_interval_secs);
+        ctx.run_interval(every, |this, _| this.flush());
+        self.connect(ctx);
+    }
+}
+
+impl Handler<Publish> for Uploader {
+    type Result = ();
+
+    fn handle(&mut self, Publish(samples): Publish, _: &mut Context<Self>) {
+        self.buffer.extend(samples.iter().cloned());
+        if self.buffer.len() > MAX_BUFFERED {
+            let excess = self.buffer.len() - MAX_BUFFERED;
+            self.buffer.drain(..excess);
+            self.dropped_buffer += excess as u64;
+        }
+    }
+}
+
+impl Handler<Conn> for Uploader {
+    type Result = ();
+
+    fn handle(&mut self, Conn { generation, ev }: Conn, ctx: &mut Context<Self>) {
+        if generation != self.generation {
+            return;
+        }
+        match ev {
+            ConnEvent::Acked(seq) => {
+                let before = self.spool.acked();
+                if let Err(e) = self.spool.ack(seq) {
+                    tracing::error!(sink = %self.cfg.name, error = %e, "Cannot record an ack in the spool.");
+                    self.last_error = Some(format!("spool: {e}"));
+                }
+                self.acked_batches += self.spool.acked().saturating_sub(before);
+                self.pump();
+            }
+            ConnEvent::Closed(why) => {
+                if self.conn.is_some() {
+                    self.disconnected(ctx, why);
+                }
+            }
+        }
+    }
+}
+
+impl Handler<GetSinkStatus> for Uploader {
+    type Result = MessageResult<GetSinkStatus>;
+
+    fn handle(&mut self, _: GetSinkStatus, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.status())
+    }
+}

@@ -1,0 +1,168 @@
+//! `vigil receive --listen ADDR --out FILE`: the server side of the native protocol.
+//!
+//! WebSocket at `/v1/ingest`. Every binary message is a MessagePack `Batch`; a batch whose
+//! `(agent_id, seq)` was not accepted before is appended to FILE as one JSON line (and the
+//! file flushed) *before* it is acknowledged, so an ack always means "stored". Duplicates
+//! (a client resending after a reconnect) are acknowledged without being written again.
+//! On start, FILE is read back to learn the highest seq per agent, so a restarted receiver
+//! still de-duplicates.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Mutex;
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use anyhow::Context as _;
+use futures_util::StreamExt;
+use vigil_actors::protocol::{self, Batch, ServerMsg};
+
+struct Store {
+    out: File,
+    /// Highest accepted seq per agent (batches of one sink arrive in order).
+    seen: HashMap<String, u64>,
+    path: PathBuf,
+}
+
+impl Store {
+    fn open(path: &Path) -> anyhow::Result<Store> {
+        let mut seen = HashMap::new();
+        if let Ok(f) = File::open(path) {
+            for (n, line) in BufReader::new(f).lines().enumerate() {
+                let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    tracing::warn!(line = n + 1, "Ignoring an unreadable line of the output file.");
+                    continue;
+                };
+                if let (Some(a), Some(s)) = (v["agent_id"].as_str(), v["seq"].as_u64()) {
+                    let e = seen.entry(a.to_string()).or_insert(0);
+                    *e = (*e).max(s);
+                }
+            }
+        }
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(Store { out, seen, path: path.to_path_buf() })
+    }
+
+    /// Stores `b` unless it is a duplicate; true when written.
+    fn accept(&mut self, b: &Batch) -> std::io::Result<bool> {
+        if self.seen.get(&b.agent_id).is_some_and(|&s| b.seq <= s) {
+            return Ok(false);
+        }
+        let line = serde_json::json!({
+            "agent_id": b.agent_id,
+            "seq": b.seq,
+            "host": b.host,
+            "samples": b.samples,
+            "crash_reports": b.crash_reports,
+        });
+        let mut bytes = serde_json::to_vec(&line)?;
+        bytes.push(b'\n');
+        self.out.write_all(&bytes)?;
+        self.out.flush()?;
+        self.seen.insert(b.agent_id.clone(), b.seq);
+        Ok(true)
+    }
+}
+
+pub fn main(listen: SocketAddr, out: PathBuf) -> ExitCode {
+    crate::logging::init_stderr("info");
+    match run(listen, out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vigil receive: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(listen: SocketAddr, out: PathBuf) -> anyhow::Result<()> {
+    let store = web::Data::new(Mutex::new(Store::open(&out)?));
+    tracing::info!(out = %out.display(), agents = store.lock().map(|s| s.seen.len()).unwrap_or(0), "Output file opened.");
+    let system = actix_rt::System::new();
+    system.block_on(async move {
+        let server = HttpServer::new(move || {
+            App::new().app_data(store.clone()).route("/v1/ingest", web::get().to(ingest))
+        })
+        .workers(1)
+        .bind(listen)
+        .with_context(|| format!("cannot listen on {listen}"))?;
+        for a in server.addrs() {
+            tracing::info!(addr = %a, "Receiving at ws://{a}/v1/ingest.");
+        }
+        server.run().await.context("server failed")
+    })
+}
+
+async fn ingest(
+    req: HttpRequest,
+    body: web::Payload,
+    store: web::Data<Mutex<Store>>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let (resp, mut session, stream) = actix_ws::handle(&req, body)?;
+    let mut stream = stream
+        .max_frame_size(64 * 1024 * 1024)
+        .aggregate_continuations()
+        .max_continuation_size(64 * 1024 * 1024);
+    let peer = req.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    actix_rt::spawn(async move {
+        while let Some(msg) = stream.next().await {
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(peer = %peer, error = %e, "WebSocket error; closing.");
+                    break;
+                }
+            };
+            match msg {
+                actix_ws::AggregatedMessage::Binary(bytes) => {
+                    let batch: Batch = match protocol::decode(&bytes) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::warn!(peer = %peer, error = %e, "Not a batch; ignored.");
+                            continue;
+                        }
+                    };
+                    let stored = match store.lock() {
+                        Ok(mut s) => s.accept(&batch).map_err(|e| (e, s.path.clone())),
+                        Err(_) => break,
+                    };
+                    match stored {
+                        Ok(new) => {
+                            if !new {
+                                tracing::debug!(agent = %batch.agent_id, seq = batch.seq, "Duplicate batch acknowledged.");
+                            }
+                            if session
+                                .binary(protocol::encode(&ServerMsg::Ack { seq: batch.seq }))
+                                .await
+                                .is_err()
+                            {
+                                break;
+                            }
+                        }
+                        Err((e, path)) => {
+                            // Not stored, so not acknowledged: the client keeps it and resends.
+                            tracing::error!(error = %e, file = %path.display(), "Cannot store a batch.");
+                            break;
+                        }
+                    }
+                }
+                actix_ws::AggregatedMessage::Ping(p) => match session.pong(&p).await {
+                    Ok(()) => {}
+                    Err(_) => break,
+                },
+                actix_ws::AggregatedMessage::Close(_) => break,
+                _ => {}
+            }
+        }
+        let _ = session.close(None).await;
+    });
+    Ok(resp)
+}
