@@ -183,3 +183,112 @@ fn a_damaged_spool_is_recovered_and_counted() {
     assert!(agent.log_lines("damaged records").len() == 1);
     drop(dir);
 }
+
+/// A running dnsmasq answering `known.vigil.test` on a free loopback port.
+struct Dnsmasq {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Dnsmasq {
+    fn start() -> Dnsmasq {
+        let exe = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("dnsmasq is not installed: run scripts/test (it installs dnsmasq-base)");
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut cmd = Command::new(exe);
+        cmd.args([
+            "--no-daemon",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+        ])
+        .arg(format!("--port={port}"))
+        .arg("--address=/known.vigil.test/10.1.2.3")
+        .arg(format!("--pid-file={}", dir.path().join("pid").display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        if unsafe { libc::geteuid() } == 0 {
+            cmd.arg("--user=root");
+        }
+        let child = cmd.spawn().expect("start dnsmasq");
+        std::thread::sleep(Duration::from_millis(300));
+        Dnsmasq { child, port, _dir: dir }
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Builds tests/support/resolver_spy.c into an LD_PRELOAD library.
+fn build_spy(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/resolver_spy.c");
+    let so = dir.join("resolver_spy.so");
+    let out = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&so)
+        .arg(&src)
+        .arg("-ldl")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cc failed: {}", String::from_utf8_lossy(&out.stderr));
+    so
+}
+
+#[test]
+fn nothing_calls_the_libc_resolver_while_dns_resolves_and_a_sink_uploads_to_localhost() {
+    let dir = tempfile::tempdir().unwrap();
+    let spy = build_spy(dir.path());
+    let calls = dir.path().join("resolver-calls.log");
+    // Positive control: the spy does see a libc lookup.
+    let control = Command::new("getent")
+        .args(["ahosts", "localhost"])
+        .env("LD_PRELOAD", &spy)
+        .env("VIGIL_RESOLVER_LOG", &calls)
+        .output()
+        .unwrap();
+    assert!(control.status.success());
+    let seen = std::fs::read_to_string(&calls).unwrap_or_default();
+    assert!(seen.contains("getaddrinfo(localhost)"), "the spy works: {seen:?}");
+    std::fs::remove_file(&calls).unwrap();
+
+    let dns = Dnsmasq::start();
+    let r = Receiver::start("127.0.0.1:0", &dir.path().join("out.jsonl"), &dir.path().join("recv.log"));
+    let port = r.addr.rsplit(':').next().unwrap();
+    let cfg = format!(
+        "{}\n[collectors]\ninterval_secs = 0.3\n\
+         [collectors.dns]\nnames = [\"known.vigil.test\", \"localhost\"]\nnameservers = [\"127.0.0.1:{}\"]\n\
+         [collectors.time_drift]\nservers = [\"localhost:9\"]\ntimeout_ms = 200\n\n\
+         [[upload]]\nname = \"main\"\nurl = \"ws://localhost:{port}/v1/ingest\"\nflush_interval_secs = 0.3\n",
+        fast_config(""),
+        dns.port
+    );
+    let spy_s = spy.display().to_string();
+    let calls_s = calls.display().to_string();
+    let agent =
+        Agent::start(&cfg, &[("LD_PRELOAD", spy_s.as_str()), ("VIGIL_RESOLVER_LOG", calls_s.as_str())]);
+    // Uploaded batches prove the sink resolved `localhost`; dns_success 1 proves the collector resolved.
+    let t0 = Instant::now();
+    loop {
+        let ok =
+            r.lines().iter().flat_map(|l| l["samples"].as_array().cloned().unwrap_or_default()).any(|s| {
+                s["name"] == "dns_success" && s["tags"]["name"] == "known.vigil.test" && s["value"] == 1.0
+            });
+        if ok && r.lines().len() >= 3 {
+            break;
+        }
+        assert!(t0.elapsed() < T, "no dns_success=1 uploaded; agent log:\n{}", agent.log_tail());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let seen = std::fs::read_to_string(&calls).unwrap_or_default();
+    assert!(seen.is_empty(), "vigil called the libc resolver:\n{seen}");
+}

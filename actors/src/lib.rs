@@ -29,6 +29,7 @@
 //! * [`collectors`]: the one list of collectors, and each collector.
 //! * [`config`]: the configuration schema and its semantic checks.
 //! * [`protocol`]: the native upload protocol.
+//! * [`resolver`]: name resolution without libc (hickory), also for awc.
 //! * [`uploader`]: one actor per upload sink (spool, connection, acks).
 //! * [`signals`]: signal names.
 //! * [`spool`]: the durable, checksummed spool of one upload sink (upload itself: issue 4).
@@ -43,6 +44,7 @@ pub mod heartbeat;
 pub mod ipc;
 pub mod parent_link;
 pub mod protocol;
+pub mod resolver;
 pub mod signals;
 pub mod spool;
 pub mod supervisor;

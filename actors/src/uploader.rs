@@ -183,7 +183,8 @@ impl Uploader {
             },
         };
         let fut = async move {
-            let client = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
+            // Names resolve through hickory, never libc's getaddrinfo.
+            let client = crate::resolver::http_client(Duration::from_secs(10));
             let mut req = client.ws(url.as_str());
             if let Some(t) = token {
                 req = req.bearer_auth(t);

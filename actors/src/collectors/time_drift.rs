@@ -18,12 +18,9 @@
 //! IP literals are used as they are.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hickory_resolver::config::{ResolveHosts, ResolverConfig, ResolverOpts};
-use hickory_resolver::name_server::TokioConnectionProvider;
-use hickory_resolver::{Hosts, Name, TokioResolver};
+use hickory_resolver::Name;
 use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 
@@ -110,12 +107,12 @@ impl Collector for TimeDrift {
 
     async fn collect(&mut self, out: &mut Vec<Sample>) -> Result<(), CollectError> {
         let needs_names = self.servers.iter().any(|(_, t)| matches!(t, Target::Host { .. }));
-        let resolver = needs_names.then(|| system_resolver(&self.env, self.timeout));
+        let resolver = needs_names.then(|| crate::resolver::system_resolver(&self.env, self.timeout));
         let probes = self.servers.iter().map(|(_, target)| async {
             let addr = match target {
                 Target::Addr(a) => *a,
                 Target::Host { host, port } => {
-                    resolve(resolver.as_ref().unwrap(), host, *port, self.timeout).await?
+                    crate::resolver::resolve(resolver.as_ref().unwrap(), host, *port, self.timeout).await?
                 }
             };
             sntp_drift_ms(addr, self.timeout).await
@@ -134,50 +131,6 @@ impl Collector for TimeDrift {
             }
         }
         Ok(())
-    }
-}
-
-/// A resolver that behaves like the system's, without libc: /etc/hosts, then the
-/// nameservers and search list of /etc/resolv.conf. A missing or unusable resolv.conf
-/// leaves only /etc/hosts (and the error, to explain a failed lookup).
-struct SystemResolver {
-    resolver: TokioResolver,
-    resolv_conf_error: Option<String>,
-}
-
-fn system_resolver(env: &Env, timeout: Duration) -> SystemResolver {
-    let (config, mut opts, resolv_conf_error) = match super::dns::read_resolv_conf(env) {
-        Ok((c, o)) => (c, o, None),
-        Err(e) => {
-            (ResolverConfig::from_parts(None, vec![], vec![]), ResolverOpts::default(), Some(e.to_string()))
-        }
-    };
-    opts.timeout = timeout;
-    // Our own hosts file (under the env root) replaces hickory's read of the real one.
-    opts.use_hosts_file = ResolveHosts::Never;
-    let mut resolver = TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
-        .with_options(opts)
-        .build();
-    let mut hosts = Hosts::default();
-    let path = env.path("/etc/hosts");
-    match std::fs::File::open(&path).and_then(|f| hosts.read_hosts_conf(f)) {
-        Ok(()) => resolver.set_hosts(Arc::new(hosts)),
-        Err(e) => tracing::debug!(path = %path.display(), error = %e, "No hosts file; using DNS only."),
-    }
-    SystemResolver { resolver, resolv_conf_error }
-}
-
-async fn resolve(r: &SystemResolver, host: &str, port: u16, timeout: Duration) -> Result<SocketAddr, String> {
-    let failed = |why: String| match &r.resolv_conf_error {
-        Some(e) => format!("resolving {host}: {why} ({e})"),
-        None => format!("resolving {host}: {why}"),
-    };
-    match tokio::time::timeout(timeout, r.resolver.lookup_ip(host)).await {
-        Err(_) => Err(failed(format!("no answer within {} ms", timeout.as_millis()))),
-        Ok(Err(e)) => Err(failed(e.to_string())),
-        Ok(Ok(found)) => {
-            found.iter().next().map(|ip| SocketAddr::new(ip, port)).ok_or_else(|| failed("no address".into()))
-        }
     }
 }
 
