@@ -292,3 +292,27 @@ fn nothing_calls_the_libc_resolver_while_dns_resolves_and_a_sink_uploads_to_loca
     let seen = std::fs::read_to_string(&calls).unwrap_or_default();
     assert!(seen.is_empty(), "vigil called the libc resolver:\n{seen}");
 }
+
+#[test]
+fn crash_reports_reach_the_sink_once_with_the_next_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Receiver::start("127.0.0.1:0", &dir.path().join("out.jsonl"), &dir.path().join("recv.log"));
+    let agent =
+        Agent::start(&config(&format!("ws://{}/v1/ingest", r.addr)), &[("VIGIL_FAULT", "segv@0.3x1")]);
+    let s = agent.wait_running(2, T);
+    let id = s["collector"]["last_exit"]["crash_report"].as_str().unwrap().to_string();
+    let t0 = Instant::now();
+    while r.lines().iter().all(|l| l["crash_reports"].as_array().is_none_or(|a| a.is_empty())) {
+        assert!(t0.elapsed() < T, "no crash report uploaded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A few more batches: the report must not come again.
+    wait_lines(&r, r.lines().len() + 3);
+    let reports: Vec<Value> =
+        r.lines().iter().flat_map(|l| l["crash_reports"].as_array().cloned().unwrap_or_default()).collect();
+    assert_eq!(reports.len(), 1, "sent once: {reports:#?}");
+    assert_eq!(reports[0]["id"], id.as_str());
+    assert_eq!(reports[0]["signal_name"], "SIGSEGV");
+    assert_eq!(reports[0]["incarnation"], 1);
+    drop(agent);
+}

@@ -87,6 +87,10 @@ pub struct Uploader {
     last_error: Option<String>,
     /// Bumped per connection, so events of an old one are ignored.
     generation: u64,
+    /// DATA_DIR/crashes: reports go out with the next batch.
+    crash_dir: std::path::PathBuf,
+    /// File holding the newest crash report ID already put into a spooled batch.
+    crash_marker: std::path::PathBuf,
 }
 
 impl Uploader {
@@ -96,7 +100,8 @@ impl Uploader {
         agent_id: String,
         host: String,
     ) -> Result<Self, SpoolError> {
-        let spool = Spool::open(&data_dir.join("spool").join(&cfg.name), cfg.spool_max_bytes)?;
+        let spool_dir = data_dir.join("spool").join(&cfg.name);
+        let spool = Spool::open(&spool_dir, cfg.spool_max_bytes)?;
         let st = spool.stats();
         if st.corrupt_records > 0 || st.torn_bytes > 0 {
             tracing::warn!(
@@ -121,11 +126,33 @@ impl Uploader {
             dropped_buffer: 0,
             last_error: None,
             generation: 0,
+            crash_dir: data_dir.join("crashes"),
+            crash_marker: spool_dir.join("crash_reports_sent"),
         })
     }
 
+    /// Crash reports newer than the last one spooled for this sink (IDs sort by time).
+    fn new_crash_reports(&self) -> (Vec<serde_json::Value>, Option<String>) {
+        let last =
+            std::fs::read_to_string(&self.crash_marker).map(|s| s.trim().to_string()).unwrap_or_default();
+        let ids = crate::crash_report::list_ids(&self.crash_dir).unwrap_or_default();
+        let mut out = Vec::new();
+        let mut newest = None;
+        for id in ids.into_iter().filter(|id| *id > last) {
+            match crate::crash_report::load(&self.crash_dir, &id) {
+                Ok(r) => out.push(serde_json::to_value(&r).unwrap_or_default()),
+                Err(e) => {
+                    tracing::warn!(sink = %self.cfg.name, error = %e, "Cannot read a crash report to upload.")
+                }
+            }
+            newest = Some(id);
+        }
+        (out, newest)
+    }
+
     fn flush(&mut self) {
-        if self.buffer.is_empty() {
+        let (crash_reports, newest_report) = self.new_crash_reports();
+        if self.buffer.is_empty() && crash_reports.is_empty() {
             return;
         }
         let batch = Batch {
@@ -133,11 +160,23 @@ impl Uploader {
             seq: self.spool.next_seq(),
             host: self.host.clone(),
             samples: std::mem::take(&mut self.buffer),
-            crash_reports: Vec::new(),
+            crash_reports,
         };
         let bytes = protocol::encode(&batch);
         match self.spool.append(&bytes) {
-            Ok(seq) => debug_assert_eq!(seq, batch.seq),
+            Ok(seq) => {
+                debug_assert_eq!(seq, batch.seq);
+                // Spooled is as good as delivered (the spool resends until acked): mark the
+                // reports sent for this sink.
+                if let Some(id) = newest_report {
+                    let tmp = self.crash_marker.with_extension("tmp");
+                    if let Err(e) =
+                        std::fs::write(&tmp, &id).and_then(|_| std::fs::rename(&tmp, &self.crash_marker))
+                    {
+                        tracing::warn!(sink = %self.cfg.name, error = %e, "Cannot record which crash reports were sent; they may be sent again.");
+                    }
+                }
+            }
             Err(e) => {
                 // Nothing durable was written: keep the samples for the next flush.
                 tracing::error!(sink = %self.cfg.name, error = %e, "Cannot spool a batch; keeping it in memory.");
