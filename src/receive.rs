@@ -1,8 +1,8 @@
 //! `vigil receive --listen ADDR --out FILE`: the server side of the native protocol.
 //!
 //! WebSocket at `/v1/ingest`. Every binary message is a MessagePack `Batch`; a batch whose
-//! `(agent_id, seq)` was not accepted before is appended to FILE as one JSON line (and the
-//! file flushed) *before* it is acknowledged, so an ack always means "stored". Duplicates
+//! `(agent_id, sink, seq)` was not accepted before is appended to FILE as one JSON line (and
+//! synced) *before* it is acknowledged, so an ack always means "stored". Duplicates
 //! (a client resending after a reconnect) are acknowledged without being written again.
 //! On start, FILE is read back to learn the highest seq per agent, so a restarted receiver
 //! still de-duplicates.
@@ -22,8 +22,8 @@ use vigil_actors::protocol::{self, Batch, ServerMsg};
 
 struct Store {
     out: File,
-    /// Highest accepted seq per agent (batches of one sink arrive in order).
-    seen: HashMap<String, u64>,
+    /// Highest accepted seq per (agent_id, sink): a sink's batches arrive in order.
+    seen: HashMap<(String, String), u64>,
     path: PathBuf,
 }
 
@@ -38,7 +38,8 @@ impl Store {
                     continue;
                 };
                 if let (Some(a), Some(s)) = (v["agent_id"].as_str(), v["seq"].as_u64()) {
-                    let e = seen.entry(a.to_string()).or_insert(0);
+                    let sink = v["sink"].as_str().unwrap_or_default().to_string();
+                    let e = seen.entry((a.to_string(), sink)).or_insert(0);
                     *e = (*e).max(s);
                 }
             }
@@ -53,11 +54,13 @@ impl Store {
 
     /// Stores `b` unless it is a duplicate; true when written.
     fn accept(&mut self, b: &Batch) -> std::io::Result<bool> {
-        if self.seen.get(&b.agent_id).is_some_and(|&s| b.seq <= s) {
+        let key = (b.agent_id.clone(), b.sink.clone());
+        if self.seen.get(&key).is_some_and(|&s| b.seq <= s) {
             return Ok(false);
         }
         let line = serde_json::json!({
             "agent_id": b.agent_id,
+            "sink": b.sink,
             "seq": b.seq,
             "host": b.host,
             "samples": b.samples,
@@ -66,8 +69,9 @@ impl Store {
         let mut bytes = serde_json::to_vec(&line)?;
         bytes.push(b'\n');
         self.out.write_all(&bytes)?;
-        self.out.flush()?;
-        self.seen.insert(b.agent_id.clone(), b.seq);
+        // On disk before the ack: an ack must survive a crash of this machine.
+        self.out.sync_data()?;
+        self.seen.insert(key, b.seq);
         Ok(true)
     }
 }

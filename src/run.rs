@@ -90,6 +90,7 @@ fn run(args: RunArgs, source: config::Source, cfg: Config) -> anyhow::Result<i32
         tags: cfg.agent.tags.clone(),
         upload_hosts: cfg.upload.iter().filter_map(|u| url_host(&u.url)).collect(),
         sinks: Vec::new(),
+        sink_flush: Vec::new(),
     };
     let host = if cfg.agent.hostname.is_empty() {
         sysinfo::System::host_name().unwrap_or_else(|| "unknown".into())
@@ -115,6 +116,7 @@ fn run(args: RunArgs, source: config::Source, cfg: Config) -> anyhow::Result<i32
             }
         }
         settings.sinks = sinks.iter().map(|a| a.clone().recipient()).collect();
+        settings.sink_flush = sinks.iter().map(|a| a.clone().recipient()).collect();
         let ctx = actix::Context::<Supervisor>::new();
         let supervisor = ctx.address();
         if let Some((_handle, addr)) = crate::status::start(&listen, token, supervisor.clone(), sinks)? {

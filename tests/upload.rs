@@ -316,3 +316,137 @@ fn crash_reports_reach_the_sink_once_with_the_next_batch() {
     assert_eq!(reports[0]["incarnation"], 1);
     drop(agent);
 }
+
+/// A real Prometheus (Debian package) with the remote-write receiver enabled.
+struct Prometheus {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start() -> Prometheus {
+        let exe = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("prometheus is not installed: run scripts/test (it installs the Debian package)");
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("prometheus.yml");
+        std::fs::write(&cfg, "global:\n  scrape_interval: 1h\n").unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let child = Command::new(exe)
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--web.enable-remote-write-receiver")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let p = Prometheus { child, addr, _dir: dir };
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(&p.addr).is_err() || http_get(&p.addr, "/-/ready", None).0 != 200 {
+            assert!(t0.elapsed() < T, "prometheus never became ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        p
+    }
+
+    fn query(&self, q: &str) -> Value {
+        let (code, body) = http_get(&self.addr, &format!("/api/v1/query?query={q}"), None);
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_real_prometheus_receives_remote_write_and_answers_queries() {
+    let prom = Prometheus::start();
+    let cfg = format!(
+        "{}\n[agent]\nhostname = \"rw-test-host\"\n[collectors]\ninterval_secs = 0.3\n[collectors.time_drift]\nenabled = false\n\n\
+         [[upload]]\nname = \"prom\"\ntype = \"remote_write\"\nurl = \"http://{}/api/v1/write\"\nflush_interval_secs = 0.3\n",
+        fast_config(""),
+        prom.addr
+    );
+    let agent = Agent::start(&cfg, &[]);
+    let t0 = Instant::now();
+    let result = loop {
+        let v = prom.query("load_1");
+        let r = v["data"]["result"].as_array().cloned().unwrap_or_default();
+        if !r.is_empty() {
+            break r;
+        }
+        assert!(t0.elapsed() < T, "load_1 never reached Prometheus; agent log:\n{}", agent.log_tail());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(result[0]["metric"]["host"], "rw-test-host");
+    let v: f64 = result[0]["value"][1].as_str().unwrap().parse().unwrap();
+    assert!(v >= 0.0);
+    let fs = prom.query("fs_disk_util");
+    assert!(
+        fs["data"]["result"].as_array().unwrap().iter().any(|s| s["metric"]["mount"].is_string()),
+        "{fs}"
+    );
+    let s = agent.status();
+    let up = &s["uploads"][0];
+    assert_eq!((up["type"].as_str(), up["connected"].as_bool()), (Some("remote_write"), Some(true)), "{up}");
+    assert!(up["sent_batches"].as_u64().unwrap() >= 1);
+    assert_eq!(up["dropped"]["rejected"], 0);
+}
+
+#[test]
+fn remote_write_rejections_are_dropped_and_counted_not_retried_forever() {
+    // A real Prometheus without the receiver enabled answers 404 (not retryable).
+    let prom = Prometheus::start();
+    let cfg = format!(
+        "{}\n[collectors]\ninterval_secs = 0.3\n[collectors.time_drift]\nenabled = false\n\n\
+         [[upload]]\nname = \"prom\"\ntype = \"remote_write\"\nurl = \"http://{}/api/v1/nope\"\nflush_interval_secs = 0.3\n",
+        fast_config(""),
+        prom.addr
+    );
+    let agent = Agent::start(&cfg, &[]);
+    let s = agent
+        .wait_status(T, "rejected samples", |s| s["uploads"][0]["dropped"]["rejected"].as_u64() > Some(0));
+    let up = &s["uploads"][0];
+    assert!(up["last_error"].as_str().unwrap().starts_with("HTTP 404"), "{up}");
+    assert!(up["spooled_batches"].as_u64().unwrap() <= 2, "rejected batches leave the spool: {up}");
+}
+
+#[test]
+fn samples_buffered_at_a_clean_stop_are_spooled_and_sent_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Receiver::start("127.0.0.1:0", &dir.path().join("out.jsonl"), &dir.path().join("recv.log"));
+    let url = format!("ws://{}/v1/ingest", r.addr);
+    // A flush interval far longer than the test: only the stop can push these samples out.
+    let slow = config(&url).replace("flush_interval_secs = 0.3", "flush_interval_secs = 3600");
+    let agent = Agent::start(&slow, &[]);
+    agent.wait_status(T, "a few collections", |s| {
+        s["collectors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "load" && c["collections"].as_u64() >= Some(3))
+    });
+    let (st, agent) = agent.stop(Duration::from_secs(15));
+    assert_eq!(st.code(), Some(0));
+    let stopped_at = chrono::Utc::now().timestamp_millis();
+    assert!(r.lines().is_empty(), "nothing was flushed before the stop");
+    let _agent = agent.restart(&config(&url));
+    let lines = wait_lines(&r, 1);
+    assert_eq!(lines[0]["seq"], 1);
+    let first_ts =
+        lines[0]["samples"].as_array().unwrap().iter().map(|s| s["ts_ms"].as_i64().unwrap()).min().unwrap();
+    assert!(first_ts < stopped_at, "batch 1 holds samples from before the stop");
+    assert!(lines[0]["samples"].as_array().unwrap().iter().any(|s| s["name"] == "load_1"));
+    assert_eq!(lines[0]["sink"], "main");
+}

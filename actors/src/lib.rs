@@ -29,6 +29,7 @@
 //! * [`collectors`]: the one list of collectors, and each collector.
 //! * [`config`]: the configuration schema and its semantic checks.
 //! * [`protocol`]: the native upload protocol.
+//! * [`remote_write`]: Prometheus remote write 1.0 encoding.
 //! * [`resolver`]: name resolution without libc (hickory), also for awc.
 //! * [`uploader`]: one actor per upload sink (spool, connection, acks).
 //! * [`signals`]: signal names.
@@ -44,6 +45,7 @@ pub mod heartbeat;
 pub mod ipc;
 pub mod parent_link;
 pub mod protocol;
+pub mod remote_write;
 pub mod resolver;
 pub mod signals;
 pub mod spool;

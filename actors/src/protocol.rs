@@ -20,6 +20,9 @@ pub struct WireSample {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Batch {
     pub agent_id: String,
+    /// The `[[upload]]` name: seq counts per sink, so receivers key on (agent_id, sink, seq).
+    #[serde(default)]
+    pub sink: String,
     pub seq: u64,
     pub host: String,
     pub samples: Vec<WireSample>,
@@ -69,6 +72,7 @@ mod tests {
     fn batch_round_trip_and_agent_id_is_stable() {
         let b = Batch {
             agent_id: "a".into(),
+            sink: "main".into(),
             seq: 7,
             host: "h".into(),
             samples: vec![WireSample { name: "load_1".into(), tags: BTreeMap::new(), ts_ms: 1, value: 0.5 }],

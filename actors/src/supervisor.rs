@@ -131,6 +131,8 @@ pub struct SupervisorSettings {
     pub upload_hosts: Vec<String>,
     /// The upload sinks every sample is published to.
     pub sinks: Vec<Recipient<crate::uploader::Publish>>,
+    /// The same sinks, told to spool what they buffer before the process exits.
+    pub sink_flush: Vec<Recipient<crate::uploader::SpoolNow>>,
 }
 
 impl SupervisorSettings {
@@ -550,8 +552,17 @@ impl Supervisor {
 
     fn finish_stop(&mut self) {
         self.state = State::Stopped;
-        tracing::info!("Supervisor stopped.");
-        System::current().stop_with_code(0);
+        // The collector's last samples are buffered in the sinks: into the spool with them
+        // (sent after the next start), then exit.
+        let flushes: Vec<_> =
+            self.settings.sink_flush.iter().map(|s| s.send(crate::uploader::SpoolNow)).collect();
+        actix_rt::spawn(async move {
+            for f in flushes {
+                let _ = f.await;
+            }
+            tracing::info!("Supervisor stopped.");
+            System::current().stop_with_code(0);
+        });
     }
 
     fn snapshot(&self) -> StatusSnapshot {

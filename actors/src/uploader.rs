@@ -20,8 +20,9 @@ use rand::Rng;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::config::UploadConfig;
+use crate::config::{SinkType, UploadConfig};
 use crate::protocol::{self, Batch, ServerMsg, WireSample};
+use crate::remote_write::{self, Outcome};
 use crate::spool::{Spool, SpoolError};
 
 /// Batches sent and not yet acknowledged, at most.
@@ -91,6 +92,13 @@ pub struct Uploader {
     crash_dir: std::path::PathBuf,
     /// File holding the newest crash report ID already put into a spooled batch.
     crash_marker: std::path::PathBuf,
+    /// remote_write: a request is on its way / a retry is scheduled.
+    http_busy: bool,
+    /// remote_write: the last request was accepted.
+    http_ok: bool,
+    /// remote_write: samples of batches the receiver refused with a 4xx (dropped, counted).
+    rejected_samples: u64,
+    http: Option<awc::Client>,
 }
 
 impl Uploader {
@@ -128,6 +136,10 @@ impl Uploader {
             generation: 0,
             crash_dir: data_dir.join("crashes"),
             crash_marker: spool_dir.join("crash_reports_sent"),
+            http_busy: false,
+            http_ok: false,
+            rejected_samples: 0,
+            http: None,
         })
     }
 
@@ -150,13 +162,14 @@ impl Uploader {
         (out, newest)
     }
 
-    fn flush(&mut self) {
+    fn flush(&mut self, ctx: &mut Context<Self>) {
         let (crash_reports, newest_report) = self.new_crash_reports();
         if self.buffer.is_empty() && crash_reports.is_empty() {
             return;
         }
         let batch = Batch {
             agent_id: self.agent_id.clone(),
+            sink: self.cfg.name.clone(),
             seq: self.spool.next_seq(),
             host: self.host.clone(),
             samples: std::mem::take(&mut self.buffer),
@@ -184,11 +197,14 @@ impl Uploader {
                 self.buffer = batch.samples;
             }
         }
-        self.pump();
+        self.pump(ctx);
     }
 
     /// Sends pending batches up to the window.
-    fn pump(&mut self) {
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        if self.cfg.kind == SinkType::RemoteWrite {
+            return self.pump_http(ctx);
+        }
         let Some(tx) = &self.conn else { return };
         let acked = self.spool.acked();
         let start = self.sent_upto.max(acked);
@@ -200,6 +216,104 @@ impl Uploader {
                 break;
             }
             self.sent_upto = rec.seq;
+        }
+    }
+
+    /// remote_write: POSTs the oldest unacknowledged batch, one request at a time, so
+    /// batches arrive in order. 2xx removes it from the spool; 429/5xx/network errors retry
+    /// with backoff; any other 4xx drops it (counted as `rejected`): the receiver will never
+    /// take it, and keeping it would block every later batch.
+    fn pump_http(&mut self, ctx: &mut Context<Self>) {
+        if self.http_busy {
+            return;
+        }
+        let Some(rec) = self.spool.pending().next().cloned() else { return };
+        let batch: Batch = match protocol::decode(&rec.payload) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(sink = %self.cfg.name, seq = rec.seq, error = %e, "Spooled batch does not decode; dropped.");
+                self.ack_http(rec.seq, ctx);
+                return;
+            }
+        };
+        let body = remote_write::encode_body(&remote_write::to_write_request(&batch));
+        let client =
+            self.http.get_or_insert_with(|| crate::resolver::http_client(Duration::from_secs(30))).clone();
+        let mut req = client
+            .post(self.cfg.url.as_str())
+            .insert_header(("Content-Encoding", "snappy"))
+            .insert_header(("Content-Type", "application/x-protobuf"))
+            .insert_header(("X-Prometheus-Remote-Write-Version", "0.1.0"));
+        if let Some(t) = self.token() {
+            req = req.bearer_auth(t);
+        }
+        self.http_busy = true;
+        let fut = async move {
+            let mut resp = req.send_body(body).await.map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            let text = resp
+                .body()
+                .limit(4096)
+                .await
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            Ok::<_, String>((status, text))
+        };
+        let samples = batch.samples.len() as u64;
+        ctx.spawn(fut.into_actor(self).map(move |res, this, ctx| {
+            this.http_busy = false;
+            match res.map(|(code, text)| (remote_write::outcome(code), code, text)) {
+                Ok((Outcome::Delivered, _, _)) => {
+                    this.http_ok = true;
+                    this.backoff = BACKOFF_MIN;
+                    this.last_error = None;
+                    this.acked_batches += 1;
+                    this.ack_http(rec.seq, ctx);
+                }
+                Ok((Outcome::Reject, code, text)) => {
+                    tracing::error!(sink = %this.cfg.name, seq = rec.seq, status = code, response = %text.trim(), "Receiver rejected a batch; dropped (counted as rejected).");
+                    this.last_error = Some(format!("HTTP {code}: {}", text.trim()));
+                    this.rejected_samples += samples;
+                    this.ack_http(rec.seq, ctx);
+                }
+                Ok((Outcome::Retry, code, text)) => this.retry_http(ctx, format!("HTTP {code}: {}", text.trim())),
+                Err(e) => this.retry_http(ctx, e),
+            }
+        }));
+    }
+
+    fn ack_http(&mut self, seq: u64, ctx: &mut Context<Self>) {
+        if let Err(e) = self.spool.ack(seq) {
+            tracing::error!(sink = %self.cfg.name, error = %e, "Cannot record an ack in the spool.");
+            self.last_error = Some(format!("spool: {e}"));
+            return;
+        }
+        self.pump_http(ctx);
+    }
+
+    fn retry_http(&mut self, ctx: &mut Context<Self>, why: String) {
+        self.http_ok = false;
+        self.http_busy = true;
+        let delay = self.backoff.mul_f64(1.0 - 0.2 * rand::thread_rng().gen::<f64>());
+        tracing::warn!(sink = %self.cfg.name, error = %why, retry_in_ms = delay.as_millis() as u64, spooled = self.spool.pending_len(), "remote_write failed; batches stay in the spool.");
+        self.last_error = Some(why);
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        ctx.run_later(delay, |this, ctx| {
+            this.http_busy = false;
+            this.pump_http(ctx);
+        });
+    }
+
+    fn token(&mut self) -> Option<String> {
+        match self.cfg.token_file.as_str() {
+            "" => None,
+            f => match std::fs::read_to_string(f) {
+                Ok(t) => Some(t.trim().to_string()),
+                Err(e) => {
+                    self.last_error = Some(format!("token_file {f}: {e}"));
+                    None
+                }
+            },
         }
     }
 
@@ -241,7 +355,7 @@ impl Uploader {
                     this.conn = Some(tx);
                     this.sent_upto = this.spool.acked();
                     run_connection(framed, rx, ctx.address(), generation);
-                    this.pump();
+                    this.pump(ctx);
                 }
                 Err(e) => this.disconnected(ctx, e),
             }
@@ -271,6 +385,7 @@ impl Uploader {
             ("buffer_full", self.dropped_buffer),
             ("corrupt_records", st.corrupt_records),
             ("torn_bytes", st.torn_bytes),
+            ("rejected", self.rejected_samples),
         ]);
         SinkStatus {
             name: self.cfg.name.clone(),
@@ -278,11 +393,11 @@ impl Uploader {
                 crate::config::SinkType::Vigil => "vigil",
                 crate::config::SinkType::RemoteWrite => "remote_write",
             },
-            connected: self.conn.is_some(),
+            connected: self.conn.is_some() || self.http_ok,
             sent_batches: self.acked_batches,
             spooled_batches: self.spool.pending_len() as u64,
             spool_bytes: self.spool.bytes(),
-            dropped_samples: self.dropped_buffer,
+            dropped_samples: self.dropped_buffer + self.rejected_samples,
             dropped,
             last_seq: self.spool.next_seq().saturating_sub(1),
             acked_seq: self.spool.acked(),
@@ -353,8 +468,47 @@ impl Actor for Uploader {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let every = crate::config::secs(self.cfg.flush_interval_secs);
-        ctx.run_interval(every, |this, _| this.flush());
-        self.connect(ctx);
+        ctx.run_interval(every, |this, ctx| this.flush(ctx));
+        if self.cfg.kind == SinkType::Vigil {
+            self.connect(ctx);
+        }
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.spool_remaining();
+    }
+}
+
+/// Put what is buffered into the spool now (the supervisor is stopping).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SpoolNow;
+
+impl Handler<SpoolNow> for Uploader {
+    type Result = ();
+
+    fn handle(&mut self, _: SpoolNow, _: &mut Context<Self>) {
+        self.spool_remaining();
+    }
+}
+
+impl Uploader {
+    /// On shutdown: the last samples go into the spool (not lost, sent after the restart).
+    fn spool_remaining(&mut self) {
+        if self.buffer.is_empty() {
+            return;
+        }
+        let batch = Batch {
+            agent_id: self.agent_id.clone(),
+            sink: self.cfg.name.clone(),
+            seq: self.spool.next_seq(),
+            host: self.host.clone(),
+            samples: std::mem::take(&mut self.buffer),
+            crash_reports: Vec::new(),
+        };
+        if let Err(e) = self.spool.append(&protocol::encode(&batch)) {
+            tracing::error!(sink = %self.cfg.name, error = %e, samples = batch.samples.len(), "Cannot spool the last samples at shutdown; they are lost.");
+        }
     }
 }
 
@@ -386,7 +540,7 @@ impl Handler<Conn> for Uploader {
                     self.last_error = Some(format!("spool: {e}"));
                 }
                 self.acked_batches += self.spool.acked().saturating_sub(before);
-                self.pump();
+                self.pump(ctx);
             }
             ConnEvent::Closed(why) => {
                 if self.conn.is_some() {
