@@ -58,14 +58,24 @@ impl Store {
         if self.seen.get(&key).is_some_and(|&s| b.seq <= s) {
             return Ok(false);
         }
-        let line = serde_json::json!({
-            "agent_id": b.agent_id,
-            "sink": b.sink,
-            "seq": b.seq,
-            "host": b.host,
-            "samples": b.samples,
-            "crash_reports": b.crash_reports,
-        });
+        /// The output line, serialised straight from the batch (CONTRACT §7 key order).
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            agent_id: &'a str,
+            sink: &'a str,
+            seq: u64,
+            host: &'a str,
+            samples: &'a [vigil_actors::protocol::WireSample],
+            crash_reports: &'a [serde_json::Value],
+        }
+        let line = Line {
+            agent_id: &b.agent_id,
+            sink: &b.sink,
+            seq: b.seq,
+            host: &b.host,
+            samples: &b.samples,
+            crash_reports: &b.crash_reports,
+        };
         let mut bytes = serde_json::to_vec(&line)?;
         bytes.push(b'\n');
         self.out.write_all(&bytes)?;

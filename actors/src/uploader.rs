@@ -31,6 +31,9 @@ pub const WINDOW: u64 = 16;
 pub const PING_EVERY: Duration = Duration::from_secs(15);
 /// Samples buffered between two flushes, at most (the oldest are dropped past it, counted).
 pub const MAX_BUFFERED: usize = 1_000_000;
+/// The size cap of a batch: a buffer this full is flushed at once, without waiting for the
+/// interval (about 4 MiB of MessagePack; receivers accept messages up to 64 MiB).
+pub const MAX_BATCH_SAMPLES: usize = 50_000;
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
@@ -167,12 +170,14 @@ impl Uploader {
         if self.buffer.is_empty() && crash_reports.is_empty() {
             return;
         }
+        let take = self.buffer.len().min(MAX_BATCH_SAMPLES);
+        let rest = self.buffer.split_off(take);
         let batch = Batch {
             agent_id: self.agent_id.clone(),
             sink: self.cfg.name.clone(),
             seq: self.spool.next_seq(),
             host: self.host.clone(),
-            samples: std::mem::take(&mut self.buffer),
+            samples: std::mem::replace(&mut self.buffer, rest),
             crash_reports,
         };
         let bytes = protocol::encode(&batch);
@@ -194,7 +199,9 @@ impl Uploader {
                 // Nothing durable was written: keep the samples for the next flush.
                 tracing::error!(sink = %self.cfg.name, error = %e, "Cannot spool a batch; keeping it in memory.");
                 self.last_error = Some(format!("spool: {e}"));
-                self.buffer = batch.samples;
+                let mut samples = batch.samples;
+                samples.append(&mut self.buffer);
+                self.buffer = samples;
             }
         }
         self.pump(ctx);
@@ -495,19 +502,20 @@ impl Handler<SpoolNow> for Uploader {
 impl Uploader {
     /// On shutdown: the last samples go into the spool (not lost, sent after the restart).
     fn spool_remaining(&mut self) {
-        if self.buffer.is_empty() {
-            return;
-        }
-        let batch = Batch {
-            agent_id: self.agent_id.clone(),
-            sink: self.cfg.name.clone(),
-            seq: self.spool.next_seq(),
-            host: self.host.clone(),
-            samples: std::mem::take(&mut self.buffer),
-            crash_reports: Vec::new(),
-        };
-        if let Err(e) = self.spool.append(&protocol::encode(&batch)) {
-            tracing::error!(sink = %self.cfg.name, error = %e, samples = batch.samples.len(), "Cannot spool the last samples at shutdown; they are lost.");
+        while !self.buffer.is_empty() {
+            let rest = self.buffer.split_off(self.buffer.len().min(MAX_BATCH_SAMPLES));
+            let batch = Batch {
+                agent_id: self.agent_id.clone(),
+                sink: self.cfg.name.clone(),
+                seq: self.spool.next_seq(),
+                host: self.host.clone(),
+                samples: std::mem::replace(&mut self.buffer, rest),
+                crash_reports: Vec::new(),
+            };
+            if let Err(e) = self.spool.append(&protocol::encode(&batch)) {
+                tracing::error!(sink = %self.cfg.name, error = %e, samples = batch.samples.len() + self.buffer.len(), "Cannot spool the last samples at shutdown; they are lost.");
+                self.buffer.clear();
+            }
         }
     }
 }
@@ -515,12 +523,19 @@ impl Uploader {
 impl Handler<Publish> for Uploader {
     type Result = ();
 
-    fn handle(&mut self, Publish(samples): Publish, _: &mut Context<Self>) {
-        self.buffer.extend(samples.iter().cloned());
+    fn handle(&mut self, Publish(samples): Publish, ctx: &mut Context<Self>) {
+        // The only sink takes the samples without copying them; several sinks copy.
+        match std::sync::Arc::try_unwrap(samples) {
+            Ok(v) => self.buffer.extend(v),
+            Err(shared) => self.buffer.extend(shared.iter().cloned()),
+        }
         if self.buffer.len() > MAX_BUFFERED {
             let excess = self.buffer.len() - MAX_BUFFERED;
             self.buffer.drain(..excess);
             self.dropped_buffer += excess as u64;
+        }
+        if self.buffer.len() >= MAX_BATCH_SAMPLES {
+            self.flush(ctx);
         }
     }
 }
@@ -556,5 +571,41 @@ impl Handler<GetSinkStatus> for Uploader {
 
     fn handle(&mut self, _: GetSinkStatus, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.status())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A burst is cut into batches of at most MAX_BATCH_SAMPLES at once (before the flush
+    /// interval), so no batch can outgrow what a receiver accepts.
+    #[actix_rt::test]
+    async fn bursts_are_cut_into_capped_batches_without_waiting_for_the_interval() {
+        let dir = std::env::temp_dir().join(format!("vigil-uploader-cap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = UploadConfig {
+            name: "cap".into(),
+            url: "ws://127.0.0.1:9/v1/ingest".into(),
+            flush_interval_secs: 3600.0,
+            ..UploadConfig::default()
+        };
+        let up = Uploader::new(cfg, &dir, "agent".into(), "host".into()).unwrap().start();
+        let sample = WireSample { name: "x".into(), tags: Default::default(), ts_ms: 1, value: 1.0 };
+        for _ in 0..12 {
+            up.send(Publish(std::sync::Arc::new(vec![sample.clone(); 10_000]))).await.unwrap();
+        }
+        let st = up.send(GetSinkStatus).await.unwrap();
+        assert_eq!(
+            st.last_seq, 2,
+            "120,000 samples: two full batches spooled at once, 20,000 still buffered"
+        );
+        assert_eq!(st.spooled_batches, 2);
+        let spool = Spool::open(&dir.join("spool/cap"), 1 << 30).unwrap();
+        for rec in spool.pending() {
+            let b: Batch = protocol::decode(&rec.payload).unwrap();
+            assert_eq!(b.samples.len(), MAX_BATCH_SAMPLES);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
