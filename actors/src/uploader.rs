@@ -146,6 +146,19 @@ impl Uploader {
         })
     }
 
+    /// The next batch: up to MAX_BATCH_SAMPLES buffered samples, under the spool's next seq.
+    fn next_batch(&mut self, crash_reports: Vec<serde_json::Value>) -> Batch {
+        let rest = self.buffer.split_off(self.buffer.len().min(MAX_BATCH_SAMPLES));
+        Batch {
+            agent_id: self.agent_id.clone(),
+            sink: self.cfg.name.clone(),
+            seq: self.spool.next_seq(),
+            host: self.host.clone(),
+            samples: std::mem::replace(&mut self.buffer, rest),
+            crash_reports,
+        }
+    }
+
     /// Crash reports newer than the last one spooled for this sink (IDs sort by time).
     fn new_crash_reports(&self) -> (Vec<serde_json::Value>, Option<String>) {
         let last =
@@ -170,16 +183,7 @@ impl Uploader {
         if self.buffer.is_empty() && crash_reports.is_empty() {
             return;
         }
-        let take = self.buffer.len().min(MAX_BATCH_SAMPLES);
-        let rest = self.buffer.split_off(take);
-        let batch = Batch {
-            agent_id: self.agent_id.clone(),
-            sink: self.cfg.name.clone(),
-            seq: self.spool.next_seq(),
-            host: self.host.clone(),
-            samples: std::mem::replace(&mut self.buffer, rest),
-            crash_reports,
-        };
+        let batch = self.next_batch(crash_reports);
         let bytes = protocol::encode(&batch);
         match self.spool.append(&bytes) {
             Ok(seq) => {
@@ -332,16 +336,7 @@ impl Uploader {
         self.generation += 1;
         let generation = self.generation;
         let url = self.cfg.url.clone();
-        let token = match self.cfg.token_file.as_str() {
-            "" => None,
-            f => match std::fs::read_to_string(f) {
-                Ok(t) => Some(t.trim().to_string()),
-                Err(e) => {
-                    self.last_error = Some(format!("token_file {f}: {e}"));
-                    None
-                }
-            },
-        };
+        let token = self.token();
         let fut = async move {
             // Names resolve through hickory, never libc's getaddrinfo.
             let client = crate::resolver::http_client(Duration::from_secs(10));
@@ -503,15 +498,7 @@ impl Uploader {
     /// On shutdown: the last samples go into the spool (not lost, sent after the restart).
     fn spool_remaining(&mut self) {
         while !self.buffer.is_empty() {
-            let rest = self.buffer.split_off(self.buffer.len().min(MAX_BATCH_SAMPLES));
-            let batch = Batch {
-                agent_id: self.agent_id.clone(),
-                sink: self.cfg.name.clone(),
-                seq: self.spool.next_seq(),
-                host: self.host.clone(),
-                samples: std::mem::replace(&mut self.buffer, rest),
-                crash_reports: Vec::new(),
-            };
+            let batch = self.next_batch(Vec::new());
             if let Err(e) = self.spool.append(&protocol::encode(&batch)) {
                 tracing::error!(sink = %self.cfg.name, error = %e, samples = batch.samples.len() + self.buffer.len(), "Cannot spool the last samples at shutdown; they are lost.");
                 self.buffer.clear();
