@@ -52,6 +52,9 @@ enum Command {
         /// File the accepted batches are appended to.
         #[arg(long)]
         out: PathBuf,
+        /// Require `Authorization: Bearer <token in this file>` on every connection.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// Validate the configuration; print every error with file, line and column.
     CheckConfig {
@@ -67,7 +70,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::main(args),
         Command::Collector => collector::main(),
         Command::Once { config, json } => once::main(config, json),
-        Command::Receive { listen, out } => receive::main(listen, out),
+        Command::Receive { listen, out, token_file } => receive::main(listen, out, token_file),
         Command::CheckConfig { config } => check_config(config),
     }
 }

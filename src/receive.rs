@@ -86,9 +86,9 @@ impl Store {
     }
 }
 
-pub fn main(listen: SocketAddr, out: PathBuf) -> ExitCode {
+pub fn main(listen: SocketAddr, out: PathBuf, token_file: Option<PathBuf>) -> ExitCode {
     crate::logging::init_stderr("info");
-    match run(listen, out) {
+    match run(listen, out, token_file) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vigil receive: {e:#}");
@@ -97,13 +97,29 @@ pub fn main(listen: SocketAddr, out: PathBuf) -> ExitCode {
     }
 }
 
-fn run(listen: SocketAddr, out: PathBuf) -> anyhow::Result<()> {
+/// The bearer token connections must present, when `--token-file` is given.
+struct Token(Option<String>);
+
+fn run(listen: SocketAddr, out: PathBuf, token_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let token = match &token_file {
+        None => None,
+        Some(f) => {
+            let t = std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+            let t = t.trim().to_string();
+            anyhow::ensure!(!t.is_empty(), "{} is empty: refusing to accept every connection", f.display());
+            Some(t)
+        }
+    };
+    let token = web::Data::new(Token(token));
     let store = web::Data::new(Mutex::new(Store::open(&out)?));
     tracing::info!(out = %out.display(), agents = store.lock().map(|s| s.seen.len()).unwrap_or(0), "Output file opened.");
     let system = actix_rt::System::new();
     system.block_on(async move {
         let server = HttpServer::new(move || {
-            App::new().app_data(store.clone()).route("/v1/ingest", web::get().to(ingest))
+            App::new()
+                .app_data(store.clone())
+                .app_data(token.clone())
+                .route("/v1/ingest", web::get().to(ingest))
         })
         .workers(1)
         .bind(listen)
@@ -119,7 +135,20 @@ async fn ingest(
     req: HttpRequest,
     body: web::Payload,
     store: web::Data<Mutex<Store>>,
+    token: web::Data<Token>,
 ) -> Result<HttpResponse, actix_web::Error> {
+    if let Some(want) = &token.0 {
+        let got = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !crate::status::token_matches(got, want) {
+            tracing::warn!(peer = ?req.peer_addr(), "Connection without the right bearer token refused.");
+            return Ok(HttpResponse::Unauthorized().finish());
+        }
+    }
     let (resp, mut session, stream) = actix_ws::handle(&req, body)?;
     let mut stream = stream
         .max_frame_size(64 * 1024 * 1024)

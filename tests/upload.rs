@@ -20,10 +20,15 @@ struct Receiver {
 impl Receiver {
     /// Starts `vigil receive` on `listen` (`127.0.0.1:0` picks a port) writing to `out`.
     fn start(listen: &str, out: &Path, log: &Path) -> Receiver {
+        Receiver::start_with(listen, out, log, &[])
+    }
+
+    fn start_with(listen: &str, out: &Path, log: &Path, extra: &[&str]) -> Receiver {
         let logf = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let child = Command::new(VIGIL)
             .args(["receive", "--listen", listen, "--out"])
             .arg(out)
+            .args(extra)
             .stdin(Stdio::null())
             .stderr(logf)
             .spawn()
@@ -449,4 +454,39 @@ fn samples_buffered_at_a_clean_stop_are_spooled_and_sent_after_the_restart() {
     assert!(first_ts < stopped_at, "batch 1 holds samples from before the stop");
     assert!(lines[0]["samples"].as_array().unwrap().iter().any(|s| s["name"] == "load_1"));
     assert_eq!(lines[0]["sink"], "main");
+}
+
+#[test]
+fn the_sink_sends_its_token_file_as_a_bearer_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_token = dir.path().join("server-token");
+    std::fs::write(&server_token, "t0ken-42\n").unwrap();
+    let r = Receiver::start_with(
+        "127.0.0.1:0",
+        &dir.path().join("out.jsonl"),
+        &dir.path().join("recv.log"),
+        &["--token-file", server_token.to_str().unwrap()],
+    );
+    let url = format!("ws://{}/v1/ingest", r.addr);
+    let with_token = |file: &Path| {
+        config(&url).replace(
+            "flush_interval_secs = 0.3\n",
+            &format!("flush_interval_secs = 0.3\ntoken_file = \"{}\"\n", file.display()),
+        )
+    };
+    // A wrong token is refused: nothing stored, the sink says why and keeps its batches.
+    let wrong = dir.path().join("wrong-token");
+    std::fs::write(&wrong, "nope").unwrap();
+    let bad = Agent::start(&with_token(&wrong), &[]);
+    let s = bad.wait_status(T, "a refused connection", |s| {
+        s["uploads"][0]["last_error"].is_string() && s["uploads"][0]["spooled_batches"].as_u64() >= Some(2)
+    });
+    assert_eq!(s["uploads"][0]["connected"], false);
+    assert!(r.lines().is_empty(), "nothing accepted without the right token");
+    drop(bad);
+    // The right token is accepted.
+    let good = dir.path().join("good-token");
+    std::fs::write(&good, "t0ken-42").unwrap();
+    let _agent = Agent::start(&with_token(&good), &[]);
+    assert!(wait_lines(&r, 2).len() >= 2);
 }
