@@ -334,6 +334,16 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_upload_example_states_the_sink_defaults() {
+        let shipped = include_str!("../config/vigil.toml");
+        let start = shipped.find("# [[upload]]").expect("an [[upload]] example");
+        let example: String =
+            shipped[start..].lines().filter_map(|l| l.strip_prefix("# ")).map(|l| format!("{l}\n")).collect();
+        let c = parse(&example).unwrap_or_else(|e| panic!("{e:?}\n{example}"));
+        assert_eq!(c.upload, vec![vigil_actors::config::UploadConfig::default()]);
+    }
+
+    #[test]
     fn empty_file_is_the_defaults() {
         assert_eq!(parse("").unwrap(), Config::default());
     }
