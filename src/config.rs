@@ -341,6 +341,11 @@ mod tests {
             shipped[start..].lines().filter_map(|l| l.strip_prefix("# ")).map(|l| format!("{l}\n")).collect();
         let c = parse(&example).unwrap_or_else(|e| panic!("{e:?}\n{example}"));
         assert_eq!(c.upload, vec![vigil_actors::config::UploadConfig::default()]);
+        // Every key is shown, not only the ones whose value differs from the default.
+        let shown: toml::Table = toml::from_str(&example).unwrap();
+        let shown: Vec<&String> = shown["upload"].as_array().unwrap()[0].as_table().unwrap().keys().collect();
+        let all = toml::Table::try_from(vigil_actors::config::UploadConfig::default()).unwrap();
+        assert_eq!(shown, all.keys().collect::<Vec<_>>());
     }
 
     #[test]

@@ -45,17 +45,7 @@ enum Command {
     },
     /// A local ingest server for the native protocol: WebSocket at /v1/ingest, one JSON line
     /// per accepted batch in FILE.
-    Receive {
-        /// IP:port to listen on.
-        #[arg(long)]
-        listen: std::net::SocketAddr,
-        /// File the accepted batches are appended to.
-        #[arg(long)]
-        out: PathBuf,
-        /// Require `Authorization: Bearer <token in this file>` on every connection.
-        #[arg(long)]
-        token_file: Option<PathBuf>,
-    },
+    Receive(receive::Args),
     /// Validate the configuration; print every error with file, line and column.
     CheckConfig {
         /// Config file (default: $VIGIL_CONFIG, else /etc/vigil/vigil.toml if it exists).
@@ -70,7 +60,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::main(args),
         Command::Collector => collector::main(),
         Command::Once { config, json } => once::main(config, json),
-        Command::Receive { listen, out, token_file } => receive::main(listen, out, token_file),
+        Command::Receive(args) => receive::main(args),
         Command::CheckConfig { config } => check_config(config),
     }
 }

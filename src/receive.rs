@@ -86,9 +86,28 @@ impl Store {
     }
 }
 
-pub fn main(listen: SocketAddr, out: PathBuf, token_file: Option<PathBuf>) -> ExitCode {
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// IP:port to listen on.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// File the accepted batches are appended to.
+    #[arg(long)]
+    out: PathBuf,
+    /// Require `Authorization: Bearer <token in this file>` on every connection.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Serve TLS (wss://) with this PEM certificate chain; needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+pub fn main(args: Args) -> ExitCode {
     crate::logging::init_stderr("info");
-    match run(listen, out, token_file) {
+    match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vigil receive: {e:#}");
@@ -100,7 +119,31 @@ pub fn main(listen: SocketAddr, out: PathBuf, token_file: Option<PathBuf>) -> Ex
 /// The bearer token connections must present, when `--token-file` is given.
 struct Token(Option<String>);
 
-fn run(listen: SocketAddr, out: PathBuf, token_file: Option<PathBuf>) -> anyhow::Result<()> {
+/// The server side of TLS: the certificate chain and key of `--tls-cert`/`--tls-key`.
+fn server_tls(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("cannot read certificates from {}", cert.display()))?;
+    anyhow::ensure!(!chain.is_empty(), "{} holds no PEM certificate", cert.display());
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("cannot read a private key from {}", key.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(vigil_actors::tls::provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("the certificate and key do not make a TLS identity")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let Args { listen, out, token_file, tls_cert, tls_key } = args;
+    let tls = match (&tls_cert, &tls_key) {
+        (Some(c), Some(k)) => Some(server_tls(c, k)?),
+        _ => None,
+    };
     let token = match &token_file {
         None => None,
         Some(f) => {
@@ -121,11 +164,15 @@ fn run(listen: SocketAddr, out: PathBuf, token_file: Option<PathBuf>) -> anyhow:
                 .app_data(token.clone())
                 .route("/v1/ingest", web::get().to(ingest))
         })
-        .workers(1)
-        .bind(listen)
+        .workers(1);
+        let scheme = if tls.is_some() { "wss" } else { "ws" };
+        let server = match tls {
+            Some(tls) => server.bind_rustls_0_23(listen, tls),
+            None => server.bind(listen),
+        }
         .with_context(|| format!("cannot listen on {listen}"))?;
         for a in server.addrs() {
-            tracing::info!(addr = %a, "Receiving at ws://{a}/v1/ingest.");
+            tracing::info!(addr = %a, "Receiving at {scheme}://{a}/v1/ingest.");
         }
         server.run().await.context("server failed")
     })

@@ -6,4 +6,5 @@ mod cli;
 mod collectors;
 mod status;
 mod supervision;
+mod tls;
 mod upload;

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::*;
+use crate::tls::https_get;
 
 const T: Duration = Duration::from_secs(30);
 
-struct Receiver {
+pub struct Receiver {
     child: Child,
     pub addr: String,
     pub out: PathBuf,
@@ -19,11 +20,11 @@ struct Receiver {
 
 impl Receiver {
     /// Starts `vigil receive` on `listen` (`127.0.0.1:0` picks a port) writing to `out`.
-    fn start(listen: &str, out: &Path, log: &Path) -> Receiver {
+    pub fn start(listen: &str, out: &Path, log: &Path) -> Receiver {
         Receiver::start_with(listen, out, log, &[])
     }
 
-    fn start_with(listen: &str, out: &Path, log: &Path, extra: &[&str]) -> Receiver {
+    pub fn start_with(listen: &str, out: &Path, log: &Path, extra: &[&str]) -> Receiver {
         let logf = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let child = Command::new(VIGIL)
             .args(["receive", "--listen", listen, "--out"])
@@ -39,9 +40,10 @@ impl Receiver {
         loop {
             let text = std::fs::read_to_string(log).unwrap_or_default();
             if let Some(addr) = text.lines().rev().find_map(|l| {
-                l.split("Receiving at ws://")
+                l.split("Receiving at ")
                     .nth(1)
-                    .and_then(|r| r.split("/v1/ingest").next())
+                    .and_then(|r| r.split_once("://"))
+                    .and_then(|(_, r)| r.split("/v1/ingest").next())
                     .map(str::to_string)
             }) {
                 r.addr = addr;
@@ -52,7 +54,7 @@ impl Receiver {
         }
     }
 
-    fn lines(&self) -> Vec<Value> {
+    pub fn lines(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.out)
             .unwrap_or_default()
             .lines()
@@ -68,7 +70,7 @@ impl Drop for Receiver {
     }
 }
 
-fn config(url: &str) -> String {
+pub fn config(url: &str) -> String {
     format!(
         "{}\n[collectors]\ninterval_secs = 0.2\n[collectors.time_drift]\nenabled = false\n\n\
          [[upload]]\nname = \"main\"\nurl = \"{url}\"\nflush_interval_secs = 0.3\n",
@@ -76,7 +78,7 @@ fn config(url: &str) -> String {
     )
 }
 
-fn wait_lines(r: &Receiver, n: usize) -> Vec<Value> {
+pub fn wait_lines(r: &Receiver, n: usize) -> Vec<Value> {
     let t0 = Instant::now();
     loop {
         let l = r.lines();
@@ -323,14 +325,21 @@ fn crash_reports_reach_the_sink_once_with_the_next_batch() {
 }
 
 /// A real Prometheus (Debian package) with the remote-write receiver enabled.
-struct Prometheus {
+pub struct Prometheus {
     child: Child,
-    addr: String,
+    pub addr: String,
+    /// The certificate to trust when it serves HTTPS.
+    ca: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
 impl Prometheus {
-    fn start() -> Prometheus {
+    pub fn start() -> Prometheus {
+        Prometheus::start_with(None)
+    }
+
+    /// With `tls = Some((cert, key))` it serves HTTPS only (its `--web.config.file`).
+    pub fn start_with(tls: Option<(&Path, &Path)>) -> Prometheus {
         let exe = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -338,6 +347,20 @@ impl Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("prometheus.yml");
         std::fs::write(&cfg, "global:\n  scrape_interval: 1h\n").unwrap();
+        let mut web = vec![];
+        if let Some((cert, key)) = tls {
+            let web_cfg = dir.path().join("web.yml");
+            std::fs::write(
+                &web_cfg,
+                format!(
+                    "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
+                    cert.display(),
+                    key.display()
+                ),
+            )
+            .unwrap();
+            web.push(format!("--web.config.file={}", web_cfg.display()));
+        }
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = format!("127.0.0.1:{port}");
         let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
@@ -346,22 +369,30 @@ impl Prometheus {
             .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
             .arg(format!("--web.listen-address={addr}"))
             .arg("--web.enable-remote-write-receiver")
+            .args(web)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
-        let p = Prometheus { child, addr, _dir: dir };
+        let p = Prometheus { child, addr, ca: tls.map(|(c, _)| c.to_path_buf()), _dir: dir };
         let t0 = Instant::now();
-        while std::net::TcpStream::connect(&p.addr).is_err() || http_get(&p.addr, "/-/ready", None).0 != 200 {
+        while std::net::TcpStream::connect(&p.addr).is_err() || p.get("/-/ready").0 != 200 {
             assert!(t0.elapsed() < T, "prometheus never became ready");
             std::thread::sleep(Duration::from_millis(100));
         }
         p
     }
 
-    fn query(&self, q: &str) -> Value {
-        let (code, body) = http_get(&self.addr, &format!("/api/v1/query?query={q}"), None);
+    fn get(&self, path: &str) -> (u16, String) {
+        match &self.ca {
+            None => http_get(&self.addr, path, None),
+            Some(ca) => https_get(&self.addr, path, ca),
+        }
+    }
+
+    pub fn query(&self, q: &str) -> Value {
+        let (code, body) = self.get(&format!("/api/v1/query?query={q}"));
         assert_eq!(code, 200, "{body}");
         serde_json::from_str(&body).unwrap()
     }

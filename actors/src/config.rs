@@ -43,6 +43,8 @@ pub struct UploadConfig {
     pub url: String,
     /// File holding a bearer token sent as `Authorization: Bearer`.
     pub token_file: String,
+    /// PEM file of CA certificates trusted for `wss://`/`https://`, besides the system's.
+    pub ca_file: String,
     /// Seconds between two batches.
     pub flush_interval_secs: f64,
     /// Spool size limit in bytes; the oldest batches are dropped (and counted) past it.
@@ -56,6 +58,7 @@ impl Default for UploadConfig {
             kind: SinkType::Vigil,
             url: "ws://127.0.0.1:9780/v1/ingest".into(),
             token_file: String::new(),
+            ca_file: String::new(),
             flush_interval_secs: 10.0,
             spool_max_bytes: 268_435_456,
         }
@@ -325,10 +328,9 @@ impl Config {
                     message: format!("sink name `{}` is used twice", u.name),
                 });
             }
-            // TLS (wss://, https://) is not built in yet: refuse it rather than fail at run time.
             let schemes: &[&str] = match u.kind {
-                SinkType::Vigil => &["ws://"],
-                SinkType::RemoteWrite => &["http://"],
+                SinkType::Vigil => &["ws://", "wss://"],
+                SinkType::RemoteWrite => &["http://", "https://"],
             };
             if !schemes.iter().any(|s| u.url.starts_with(s)) {
                 out.push(ConfigProblem {

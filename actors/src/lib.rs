@@ -50,6 +50,7 @@ pub mod resolver;
 pub mod signals;
 pub mod spool;
 pub mod supervisor;
+pub mod tls;
 pub mod uploader;
 
 /// The version both processes report.

@@ -93,9 +93,14 @@ impl actix_tls::connect::Resolve for AwcResolver {
     }
 }
 
-/// An awc client whose connections resolve names through [`AwcResolver`].
-pub fn http_client(timeout: Duration) -> awc::Client {
+/// An awc client whose connections resolve names through [`AwcResolver`]; `tls` is used
+/// for `https://` and `wss://` URLs.
+pub fn http_client(timeout: Duration, tls: Option<Arc<rustls::ClientConfig>>) -> awc::Client {
     let tcp =
         actix_tls::connect::Connector::new(actix_tls::connect::Resolver::custom(AwcResolver::new(timeout)));
-    awc::Client::builder().connector(awc::Connector::new().connector(tcp.service())).timeout(timeout).finish()
+    let mut connector = awc::Connector::new().connector(tcp.service());
+    if let Some(tls) = tls {
+        connector = connector.rustls_0_23(tls);
+    }
+    awc::Client::builder().connector(connector).timeout(timeout).finish()
 }

@@ -248,8 +248,15 @@ impl Uploader {
             }
         };
         let body = remote_write::encode_body(&remote_write::to_write_request(&batch));
-        let client =
-            self.http.get_or_insert_with(|| crate::resolver::http_client(Duration::from_secs(30))).clone();
+        let client = match &self.http {
+            Some(c) => c.clone(),
+            None => match self.tls() {
+                Ok(tls) => {
+                    self.http.insert(crate::resolver::http_client(Duration::from_secs(30), tls)).clone()
+                }
+                Err(e) => return self.retry_http(ctx, e),
+            },
+        };
         let mut req = client
             .post(self.cfg.url.as_str())
             .insert_header(("Content-Encoding", "snappy"))
@@ -315,6 +322,15 @@ impl Uploader {
         });
     }
 
+    /// The TLS settings for a `https://` or `wss://` URL, `None` for plain ones.
+    fn tls(&self) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, String> {
+        if self.cfg.url.starts_with("https://") || self.cfg.url.starts_with("wss://") {
+            crate::tls::client_config(&self.cfg.ca_file).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     fn token(&mut self) -> Option<String> {
         match self.cfg.token_file.as_str() {
             "" => None,
@@ -337,9 +353,10 @@ impl Uploader {
         let generation = self.generation;
         let url = self.cfg.url.clone();
         let token = self.token();
+        let tls = self.tls();
         let fut = async move {
             // Names resolve through hickory, never libc's getaddrinfo.
-            let client = crate::resolver::http_client(Duration::from_secs(10));
+            let client = crate::resolver::http_client(Duration::from_secs(10), tls?);
             let mut req = client.ws(url.as_str());
             if let Some(t) = token {
                 req = req.bearer_auth(t);
