@@ -322,61 +322,14 @@ fn crash_reports_reach_the_sink_once_with_the_next_batch() {
     drop(agent);
 }
 
-/// A real Prometheus (Debian package) with the remote-write receiver enabled.
-struct Prometheus {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    fn start() -> Prometheus {
-        let exe = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("prometheus is not installed: run scripts/test (it installs the Debian package)");
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("prometheus.yml");
-        std::fs::write(&cfg, "global:\n  scrape_interval: 1h\n").unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr = format!("127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-        let child = Command::new(exe)
-            .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-            .arg(format!("--web.listen-address={addr}"))
-            .arg("--web.enable-remote-write-receiver")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let p = Prometheus { child, addr, _dir: dir };
-        let t0 = Instant::now();
-        while std::net::TcpStream::connect(&p.addr).is_err() || http_get(&p.addr, "/-/ready", None).0 != 200 {
-            assert!(t0.elapsed() < T, "prometheus never became ready");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        p
-    }
-
-    fn query(&self, q: &str) -> Value {
-        let (code, body) = http_get(&self.addr, &format!("/api/v1/query?query={q}"), None);
-        assert_eq!(code, 200, "{body}");
-        serde_json::from_str(&body).unwrap()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A real Prometheus that accepts remote write, and scrapes nothing.
+fn remote_write_prometheus() -> Prometheus {
+    Prometheus::start("global:\n  scrape_interval: 1h\n", &["--web.enable-remote-write-receiver"])
 }
 
 #[test]
 fn a_real_prometheus_receives_remote_write_and_answers_queries() {
-    let prom = Prometheus::start();
+    let prom = remote_write_prometheus();
     let cfg = format!(
         "{}\n[agent]\nhostname = \"rw-test-host\"\n[collectors]\ninterval_secs = 0.3\n[collectors.time_drift]\nenabled = false\n\n\
          [[upload]]\nname = \"prom\"\ntype = \"remote_write\"\nurl = \"http://{}/api/v1/write\"\nflush_interval_secs = 0.3\n",
@@ -412,7 +365,7 @@ fn a_real_prometheus_receives_remote_write_and_answers_queries() {
 #[test]
 fn remote_write_rejections_are_dropped_and_counted_not_retried_forever() {
     // A real Prometheus without the receiver enabled answers 404 (not retryable).
-    let prom = Prometheus::start();
+    let prom = remote_write_prometheus();
     let cfg = format!(
         "{}\n[collectors]\ninterval_secs = 0.3\n[collectors.time_drift]\nenabled = false\n\n\
          [[upload]]\nname = \"prom\"\ntype = \"remote_write\"\nurl = \"http://{}/api/v1/nope\"\nflush_interval_secs = 0.3\n",
