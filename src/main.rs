@@ -4,6 +4,7 @@
 mod collector;
 mod config;
 mod logging;
+mod metrics;
 mod once;
 mod receive;
 mod run;

@@ -98,6 +98,9 @@ fn run(args: RunArgs, source: config::Source, cfg: Config) -> anyhow::Result<i32
         cfg.agent.hostname.clone()
     };
     let uploads = cfg.upload.clone();
+    // A series not refreshed for three intervals has stopped (a container gone, a collector
+    // quarantined or down); the floor allows for a round of slow collections at short intervals.
+    let stale_after = (cfg.collectors.interval() * 3).max(std::time::Duration::from_secs(30));
 
     let system = actix_rt::System::new();
     let started: anyhow::Result<()> = system.block_on(async move {
@@ -119,7 +122,9 @@ fn run(args: RunArgs, source: config::Source, cfg: Config) -> anyhow::Result<i32
         settings.sink_flush = sinks.iter().map(|a| a.clone().recipient()).collect();
         let ctx = actix::Context::<Supervisor>::new();
         let supervisor = ctx.address();
-        if let Some((_handle, addr)) = crate::status::start(&listen, token, supervisor.clone(), sinks)? {
+        if let Some((_handle, addr)) =
+            crate::status::start(&listen, token, stale_after, supervisor.clone(), sinks)?
+        {
             tracing::info!(addr = %addr, "Status endpoint listening.");
         }
         ctx.run(Supervisor::new(settings));

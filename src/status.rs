@@ -1,4 +1,5 @@
-//! The supervisor's local HTTP endpoint (CONTRACT §5): `/status` and `/healthz`.
+//! The supervisor's local HTTP endpoint (CONTRACT §5): `/status`, `/healthz` and `/metrics`
+//! (rendered by [`crate::metrics`]).
 //!
 //! It runs on actix-web worker threads and only talks to the Supervisor through
 //! `GetStatus`, so a slow or hostile client can never block supervision.
@@ -9,7 +10,7 @@ use actix::Addr;
 use actix_web::{http::header, web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context as _;
 use vigil_actors::config::ListenAddr;
-use vigil_actors::supervisor::{GetStatus, Supervisor};
+use vigil_actors::supervisor::{GetLatest, GetStatus, Supervisor};
 use vigil_actors::uploader::{GetSinkStatus, Uploader};
 
 struct AppState {
@@ -18,6 +19,8 @@ struct AppState {
     sinks: Vec<Addr<Uploader>>,
     /// Bearer token every request must carry, when configured.
     token: Option<String>,
+    /// `/metrics` leaves out series whose latest value is older than this.
+    stale_after: std::time::Duration,
 }
 
 /// Binds the listener and starts serving; returns the server handle (to stop it) and a
@@ -25,15 +28,17 @@ struct AppState {
 pub fn start(
     listen: &ListenAddr,
     token: Option<String>,
+    stale_after: std::time::Duration,
     supervisor: Addr<Supervisor>,
     sinks: Vec<Addr<Uploader>>,
 ) -> anyhow::Result<Option<(actix_web::dev::ServerHandle, String)>> {
-    let state = web::Data::new(AppState { supervisor, sinks, token });
+    let state = web::Data::new(AppState { supervisor, sinks, token, stale_after });
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .route("/status", web::get().to(status))
             .route("/healthz", web::get().to(healthz))
+            .route("/metrics", web::get().to(metrics))
             .default_service(web::to(not_found))
     })
     .workers(1)
@@ -136,6 +141,39 @@ async fn healthz(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
             .content_type("text/plain")
             .body(format!("supervisor unavailable: {e}\n")),
     }
+}
+
+async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if !authorized(&req, &state) {
+        return unauthorized();
+    }
+    let unavailable = |e: actix::MailboxError| {
+        HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body(format!("supervisor unavailable: {e}\n"))
+    };
+    let status = match state.supervisor.send(GetStatus).await {
+        Ok(s) => s,
+        Err(e) => return unavailable(e),
+    };
+    let latest = match state.supervisor.send(GetLatest).await {
+        Ok(l) => l,
+        Err(e) => return unavailable(e),
+    };
+    let mut sinks = Vec::with_capacity(state.sinks.len());
+    for sink in &state.sinks {
+        if let Ok(st) = sink.send(GetSinkStatus).await {
+            sinks.push(st);
+        }
+    }
+    let body = crate::metrics::render(&crate::metrics::Scrape {
+        status: &status,
+        sinks: &sinks,
+        latest: &latest,
+        now_ms: chrono::Utc::now().timestamp_millis(),
+        stale_after: state.stale_after,
+    });
+    HttpResponse::Ok().content_type(crate::metrics::CONTENT_TYPE).body(body)
 }
 
 async fn not_found(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {

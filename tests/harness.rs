@@ -197,16 +197,136 @@ impl Drop for Agent {
 
 /// A minimal HTTP/1.1 GET (the tests must not depend on the code they test).
 pub fn http_get(addr: &str, path: &str, bearer: Option<&str>) -> (u16, String) {
+    let r = http_request(addr, "GET", path, bearer);
+    (r.code, r.body)
+}
+
+/// An HTTP answer: status code, header lines and body.
+pub struct HttpResponse {
+    pub code: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// A minimal HTTP/1.1 request without a body; the server must close or size its answer.
+pub fn http_request(addr: &str, method: &str, path: &str, bearer: Option<&str>) -> HttpResponse {
     let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n").unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n").unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, body.to_string())
+    HttpResponse { code, head: head.to_string(), body: body.to_string() }
+}
+
+/// A real Prometheus (Debian package) on a free loopback port with its own storage dir.
+pub struct Prometheus {
+    child: Child,
+    pub addr: String,
+    dir: tempfile::TempDir,
+    /// The certificate to trust when it serves HTTPS.
+    ca: Option<PathBuf>,
+}
+
+impl Prometheus {
+    /// Starts Prometheus with `config` as its prometheus.yml and extra `flags`; waits until
+    /// it is ready.
+    pub fn start(config: &str, flags: &[&str]) -> Prometheus {
+        Prometheus::start_tls(config, flags, None)
+    }
+
+    /// Like [`Prometheus::start`]; with `tls = Some((cert, key))` it serves HTTPS only
+    /// (through its `--web.config.file`).
+    pub fn start_tls(config: &str, flags: &[&str], tls: Option<(&Path, &Path)>) -> Prometheus {
+        let exe = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("prometheus is not installed: run scripts/test (it installs the Debian package)");
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("prometheus.yml");
+        std::fs::write(&cfg, config).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let mut web = vec![];
+        if let Some((cert, key)) = tls {
+            let web_cfg = dir.path().join("web.yml");
+            let yml = format!(
+                "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
+                cert.display(),
+                key.display()
+            );
+            std::fs::write(&web_cfg, yml).unwrap();
+            web.push(format!("--web.config.file={}", web_cfg.display()));
+        }
+        let child = Command::new(exe)
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .args(flags)
+            .args(web)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut p = Prometheus { child, addr, dir, ca: tls.map(|(c, _)| c.to_path_buf()) };
+        let t0 = Instant::now();
+        while TcpStream::connect(&p.addr).is_err() || p.get("/-/ready").0 != 200 {
+            if let Ok(Some(st)) = p.child.try_wait() {
+                panic!("prometheus exited ({st}):\n{}", p.log());
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "prometheus never became ready:\n{}", p.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        p
+    }
+
+    /// An instant query through the HTTP API (the expression is URL-encoded here).
+    pub fn query(&self, q: &str) -> Value {
+        let encoded: String = q
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let (code, body) = self.get(&format!("/api/v1/query?query={encoded}"));
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// A GET over HTTP, or HTTPS when it serves TLS.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        match &self.ca {
+            None => http_get(&self.addr, path, None),
+            Some(ca) => crate::tls::https_get(&self.addr, path, ca),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Whether a process exists (and is not a zombie).

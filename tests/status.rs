@@ -18,6 +18,9 @@ fn non_loopback_listener_requires_the_bearer_token() {
     assert_eq!(http_get(&agent.addr, "/status", None).0, 401);
     assert_eq!(http_get(&agent.addr, "/healthz", Some("wrong")).0, 401);
     assert_eq!(http_get(&agent.addr, "/status", Some("s3cret-token")).0, 200);
+    assert_eq!(http_get(&agent.addr, "/metrics", None).0, 401);
+    assert_eq!(http_get(&agent.addr, "/metrics", Some("wrong")).0, 401);
+    assert_eq!(http_get(&agent.addr, "/metrics", Some("s3cret-token")).0, 200);
 }
 
 #[test]

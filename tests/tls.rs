@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
-use crate::upload::{config, wait_lines, Prometheus, Receiver};
+use crate::upload::{config, wait_lines, Receiver};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -105,7 +105,11 @@ fn a_ca_file_that_cannot_be_read_is_reported_in_status() {
 fn remote_write_over_https_reaches_a_real_prometheus() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = self_signed(dir.path());
-    let prom = Prometheus::start_with(Some((&cert, &key)));
+    let prom = Prometheus::start_tls(
+        "global:\n  scrape_interval: 1h\n",
+        &["--web.enable-remote-write-receiver"],
+        Some((&cert, &key)),
+    );
     let cfg = format!(
         "{}\n[agent]\nhostname = \"tls-host\"\n[collectors]\ninterval_secs = 0.3\n[collectors.time_drift]\nenabled = false\n\n\
          [[upload]]\nname = \"prom\"\ntype = \"remote_write\"\nurl = \"https://{}/api/v1/write\"\n\

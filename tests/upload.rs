@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::*;
-use crate::tls::https_get;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -324,90 +323,14 @@ fn crash_reports_reach_the_sink_once_with_the_next_batch() {
     drop(agent);
 }
 
-/// A real Prometheus (Debian package) with the remote-write receiver enabled.
-pub struct Prometheus {
-    child: Child,
-    pub addr: String,
-    /// The certificate to trust when it serves HTTPS.
-    ca: Option<PathBuf>,
-    _dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    pub fn start() -> Prometheus {
-        Prometheus::start_with(None)
-    }
-
-    /// With `tls = Some((cert, key))` it serves HTTPS only (its `--web.config.file`).
-    pub fn start_with(tls: Option<(&Path, &Path)>) -> Prometheus {
-        let exe = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("prometheus is not installed: run scripts/test (it installs the Debian package)");
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("prometheus.yml");
-        std::fs::write(&cfg, "global:\n  scrape_interval: 1h\n").unwrap();
-        let mut web = vec![];
-        if let Some((cert, key)) = tls {
-            let web_cfg = dir.path().join("web.yml");
-            std::fs::write(
-                &web_cfg,
-                format!(
-                    "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
-                    cert.display(),
-                    key.display()
-                ),
-            )
-            .unwrap();
-            web.push(format!("--web.config.file={}", web_cfg.display()));
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr = format!("127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-        let child = Command::new(exe)
-            .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-            .arg(format!("--web.listen-address={addr}"))
-            .arg("--web.enable-remote-write-receiver")
-            .args(web)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let p = Prometheus { child, addr, ca: tls.map(|(c, _)| c.to_path_buf()), _dir: dir };
-        let t0 = Instant::now();
-        while std::net::TcpStream::connect(&p.addr).is_err() || p.get("/-/ready").0 != 200 {
-            assert!(t0.elapsed() < T, "prometheus never became ready");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        p
-    }
-
-    fn get(&self, path: &str) -> (u16, String) {
-        match &self.ca {
-            None => http_get(&self.addr, path, None),
-            Some(ca) => https_get(&self.addr, path, ca),
-        }
-    }
-
-    pub fn query(&self, q: &str) -> Value {
-        let (code, body) = self.get(&format!("/api/v1/query?query={q}"));
-        assert_eq!(code, 200, "{body}");
-        serde_json::from_str(&body).unwrap()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A real Prometheus that accepts remote write, and scrapes nothing.
+fn remote_write_prometheus() -> Prometheus {
+    Prometheus::start("global:\n  scrape_interval: 1h\n", &["--web.enable-remote-write-receiver"])
 }
 
 #[test]
 fn a_real_prometheus_receives_remote_write_and_answers_queries() {
-    let prom = Prometheus::start();
+    let prom = remote_write_prometheus();
     let cfg = format!(
         "{}\n[agent]\nhostname = \"rw-test-host\"\n[collectors]\ninterval_secs = 0.3\n[collectors.time_drift]\nenabled = false\n\n\
          [[upload]]\nname = \"prom\"\ntype = \"remote_write\"\nurl = \"http://{}/api/v1/write\"\nflush_interval_secs = 0.3\n",
@@ -443,7 +366,7 @@ fn a_real_prometheus_receives_remote_write_and_answers_queries() {
 #[test]
 fn remote_write_rejections_are_dropped_and_counted_not_retried_forever() {
     // A real Prometheus without the receiver enabled answers 404 (not retryable).
-    let prom = Prometheus::start();
+    let prom = remote_write_prometheus();
     let cfg = format!(
         "{}\n[collectors]\ninterval_secs = 0.3\n[collectors.time_drift]\nenabled = false\n\n\
          [[upload]]\nname = \"prom\"\ntype = \"remote_write\"\nurl = \"http://{}/api/v1/nope\"\nflush_interval_secs = 0.3\n",

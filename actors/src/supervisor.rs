@@ -56,6 +56,24 @@ pub enum State {
     Stopped,
 }
 
+impl State {
+    /// Every state, in lifecycle order.
+    pub const ALL: [State; 6] =
+        [State::Starting, State::Running, State::Backoff, State::CrashLoop, State::Stopping, State::Stopped];
+
+    /// The name `/status` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Backoff => "backoff",
+            State::CrashLoop => "crash_loop",
+            State::Stopping => "stopping",
+            State::Stopped => "stopped",
+        }
+    }
+}
+
 /// Backoff and crash-loop bookkeeping; plain code so it is tested without processes.
 #[derive(Debug)]
 pub struct RestartPolicy {
@@ -222,9 +240,21 @@ pub struct CollectorStatus {
     pub next_restart_in_ms: Option<u64>,
     pub heartbeat: HeartbeatStatus,
     pub last_exit: Option<LastExit>,
+    /// Every end of the collector that vigil did not ask for, counted by how it ended.
+    pub crash_counts: Vec<CrashCount>,
     /// Why the last attempt to start the collector failed, while it keeps failing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spawn_error: Option<String>,
+}
+
+/// How many times the collector ended one way: `reason` (`signaled`, `exited` or
+/// `unresponsive`) with the terminating signal or the exit code.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct CrashCount {
+    pub reason: String,
+    pub signal_name: Option<String>,
+    pub code: Option<i32>,
+    pub count: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -240,10 +270,7 @@ impl StatusSnapshot {
         if c.state == State::Running {
             return Ok(());
         }
-        let mut why = format!(
-            "collector state is {}",
-            serde_json::to_value(c.state).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
-        );
+        let mut why = format!("collector state is {}", c.state.as_str());
         if let Some(e) = &c.last_exit {
             let how = match (&e.signal_name, e.code) {
                 (Some(s), _) => s.clone(),
@@ -300,6 +327,8 @@ pub struct Supervisor {
     /// Quarantined collectors and when their quarantine ends.
     quarantine: HashMap<String, (Instant, chrono::DateTime<chrono::Utc>)>,
     latest: HashMap<SeriesKey, Latest>,
+    /// Unrequested ends by (reason, signal name, exit code), for `/metrics`.
+    crash_counts: BTreeMap<(String, Option<String>, Option<i32>), u64>,
 }
 
 impl Supervisor {
@@ -321,6 +350,7 @@ impl Supervisor {
             stats: HashMap::new(),
             quarantine: HashMap::new(),
             latest: HashMap::new(),
+            crash_counts: BTreeMap::new(),
         }
     }
 
@@ -585,6 +615,16 @@ impl Supervisor {
                     rtt_ms: self.rtt.map(|d| d.as_secs_f64() * 1000.0),
                 },
                 last_exit: self.last_exit.clone(),
+                crash_counts: self
+                    .crash_counts
+                    .iter()
+                    .map(|((reason, signal_name, code), &count)| CrashCount {
+                        reason: reason.clone(),
+                        signal_name: signal_name.clone(),
+                        code: *code,
+                        count,
+                    })
+                    .collect(),
                 spawn_error: self.spawn_error.clone(),
             },
             collectors: self.collector_entries(),
@@ -719,6 +759,12 @@ impl Handler<ChildExited> for Supervisor {
             crash_report: None,
             detail,
         };
+        if !stopping {
+            *self
+                .crash_counts
+                .entry((reason.to_string(), last.signal_name.clone(), exit.code))
+                .or_default() += 1;
+        }
         if abnormal && !stopping {
             if let Some(name) = &cur.in_flight {
                 self.attribute_crash(ctx, name);
@@ -909,6 +955,13 @@ mod tests {
     }
 
     #[test]
+    fn state_names_are_the_status_names() {
+        for st in State::ALL {
+            assert_eq!(serde_json::to_value(st).unwrap(), st.as_str());
+        }
+    }
+
+    #[test]
     fn health_names_the_signal_and_report() {
         let snap = StatusSnapshot {
             version: "v".into(),
@@ -921,6 +974,7 @@ mod tests {
                 restarts: 1,
                 next_restart_in_ms: Some(100),
                 heartbeat: HeartbeatStatus { last_ack_ms_ago: None, rtt_ms: None },
+                crash_counts: vec![],
                 last_exit: Some(LastExit {
                     at: "t".into(),
                     reason: "signaled".into(),

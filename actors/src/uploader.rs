@@ -60,6 +60,8 @@ pub struct SinkStatus {
     pub dropped: std::collections::BTreeMap<&'static str, u64>,
     pub last_seq: u64,
     pub acked_seq: u64,
+    /// Failed connections, requests, refusals and spool errors since start.
+    pub errors: u64,
     pub last_error: Option<String>,
 }
 
@@ -88,6 +90,8 @@ pub struct Uploader {
     backoff: Duration,
     acked_batches: u64,
     dropped_buffer: u64,
+    /// Every error that set `last_error`, counted.
+    errors: u64,
     last_error: Option<String>,
     /// Bumped per connection, so events of an old one are ignored.
     generation: u64,
@@ -135,6 +139,7 @@ impl Uploader {
             backoff: BACKOFF_MIN,
             acked_batches: 0,
             dropped_buffer: 0,
+            errors: 0,
             last_error: None,
             generation: 0,
             crash_dir: data_dir.join("crashes"),
@@ -144,6 +149,12 @@ impl Uploader {
             rejected_samples: 0,
             http: None,
         })
+    }
+
+    /// Records an error: shown in `/status` as `last_error`, counted in `errors`.
+    fn error(&mut self, why: String) {
+        self.errors += 1;
+        self.last_error = Some(why);
     }
 
     /// The next batch: up to MAX_BATCH_SAMPLES buffered samples, under the spool's next seq.
@@ -202,7 +213,7 @@ impl Uploader {
             Err(e) => {
                 // Nothing durable was written: keep the samples for the next flush.
                 tracing::error!(sink = %self.cfg.name, error = %e, "Cannot spool a batch; keeping it in memory.");
-                self.last_error = Some(format!("spool: {e}"));
+                self.error(format!("spool: {e}"));
                 let mut samples = batch.samples;
                 samples.append(&mut self.buffer);
                 self.buffer = samples;
@@ -290,7 +301,7 @@ impl Uploader {
                 }
                 Ok((Outcome::Reject, code, text)) => {
                     tracing::error!(sink = %this.cfg.name, seq = rec.seq, status = code, response = %text.trim(), "Receiver rejected a batch; dropped (counted as rejected).");
-                    this.last_error = Some(format!("HTTP {code}: {}", text.trim()));
+                    this.error(format!("HTTP {code}: {}", text.trim()));
                     this.rejected_samples += samples;
                     this.ack_http(rec.seq, ctx);
                 }
@@ -303,7 +314,7 @@ impl Uploader {
     fn ack_http(&mut self, seq: u64, ctx: &mut Context<Self>) {
         if let Err(e) = self.spool.ack(seq) {
             tracing::error!(sink = %self.cfg.name, error = %e, "Cannot record an ack in the spool.");
-            self.last_error = Some(format!("spool: {e}"));
+            self.error(format!("spool: {e}"));
             return;
         }
         self.pump_http(ctx);
@@ -314,7 +325,7 @@ impl Uploader {
         self.http_busy = true;
         let delay = self.backoff.mul_f64(1.0 - 0.2 * rand::thread_rng().gen::<f64>());
         tracing::warn!(sink = %self.cfg.name, error = %why, retry_in_ms = delay.as_millis() as u64, spooled = self.spool.pending_len(), "remote_write failed; batches stay in the spool.");
-        self.last_error = Some(why);
+        self.error(why);
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
         ctx.run_later(delay, |this, ctx| {
             this.http_busy = false;
@@ -337,7 +348,7 @@ impl Uploader {
             f => match std::fs::read_to_string(f) {
                 Ok(t) => Some(t.trim().to_string()),
                 Err(e) => {
-                    self.last_error = Some(format!("token_file {f}: {e}"));
+                    self.error(format!("token_file {f}: {e}"));
                     None
                 }
             },
@@ -392,7 +403,7 @@ impl Uploader {
             spooled = self.spool.pending_len(),
             "Upload connection failed; batches stay in the spool."
         );
-        self.last_error = Some(why);
+        self.error(why);
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
         ctx.run_later(delay, |this, ctx| this.connect(ctx));
     }
@@ -420,6 +431,7 @@ impl Uploader {
             dropped,
             last_seq: self.spool.next_seq().saturating_sub(1),
             acked_seq: self.spool.acked(),
+            errors: self.errors,
             last_error: self.last_error.clone(),
         }
     }
@@ -556,7 +568,7 @@ impl Handler<Conn> for Uploader {
                 let before = self.spool.acked();
                 if let Err(e) = self.spool.ack(seq) {
                     tracing::error!(sink = %self.cfg.name, error = %e, "Cannot record an ack in the spool.");
-                    self.last_error = Some(format!("spool: {e}"));
+                    self.error(format!("spool: {e}"));
                 }
                 self.acked_batches += self.spool.acked().saturating_sub(before);
                 self.pump(ctx);

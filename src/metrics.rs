@@ -1,0 +1,695 @@
+//! `/metrics`: the Prometheus text exposition (format 0.0.4) of the latest samples and of the
+//! agent's own figures (CONTRACT §5).
+//!
+//! Two layers:
+//!
+//! * [`Exposition`] knows the text format and nothing of vigil: it groups samples into
+//!   families (one `# HELP` and `# TYPE` each), sanitizes names, escapes label values, and
+//!   renders in a fixed order (families by name, series by labels), so two scrapes of the
+//!   same state are byte-identical.
+//! * [`render`] knows vigil: it maps every native sample name to its exposition name
+//!   ([`SAMPLES`]) and turns the status snapshot and the sinks' status into the agent's own
+//!   families.
+//!
+//! # Naming rule
+//!
+//! A collector sample `NAME` is exposed as `vigil_NAME` in base units with the unit as a
+//! suffix, as Prometheus expects: milliseconds become `_seconds` (divided by 1000),
+//! utilisation percentages become `_ratio` (divided by 100, so 1 is 100 %), per-second rates
+//! say `_per_second`, byte counts end in `_bytes`. Every sample is a gauge (rates are
+//! computed by the collector, not left to `rate()`); the agent's counters end in `_total`.
+//! The table is [`SAMPLES`]; docs/metrics.md lists it for operators, and a test keeps the two
+//! in step. A name missing from the table (a new collector's) is still exposed, as
+//! `vigil_NAME` without conversion, so nothing is silently hidden.
+//!
+//! Samples carry no timestamps: Prometheus stamps them at scrape time, which keeps its
+//! staleness handling working. Instead, a series whose latest value is older than
+//! `stale_after` (a collector quarantined, a container gone) is left out.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use vigil_actors::supervisor::{Latest, SeriesKey, State, StatusSnapshot};
+use vigil_actors::uploader::SinkStatus;
+
+/// The `Content-Type` of the text format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// A family's `# TYPE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Gauge,
+    Counter,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Gauge => "gauge",
+            Kind::Counter => "counter",
+        }
+    }
+}
+
+struct Family {
+    help: String,
+    kind: Kind,
+    /// Series by their (sanitized, sorted) labels; a repeated series keeps its last value.
+    series: BTreeMap<Vec<(String, String)>, f64>,
+}
+
+/// Families of samples on their way to the text format.
+#[derive(Default)]
+pub struct Exposition {
+    families: BTreeMap<String, Family>,
+}
+
+impl Exposition {
+    /// Adds one sample. The family is created by its first sample, whose `kind` and `help`
+    /// it keeps: a later sample of the same name joins it whatever it says. Labels with an
+    /// empty value are left out (Prometheus reads them as absent anyway); of two labels that
+    /// sanitize to the same name, the first is kept.
+    pub fn add(&mut self, name: &str, kind: Kind, help: &str, labels: &[(&str, &str)], value: f64) {
+        let family = self.families.entry(metric_name(name)).or_insert_with(|| Family {
+            help: help.to_string(),
+            kind,
+            series: BTreeMap::new(),
+        });
+        let mut clean: Vec<(String, String)> = Vec::with_capacity(labels.len());
+        for (k, v) in labels {
+            let Some(k) = label_name(k) else { continue };
+            if v.is_empty() || clean.iter().any(|(have, _)| *have == k) {
+                continue;
+            }
+            clean.push((k, v.to_string()));
+        }
+        clean.sort();
+        family.series.insert(clean, value);
+    }
+
+    /// The text format: families by name, each with its HELP and TYPE once, then its series.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (name, f) in &self.families {
+            let _ = writeln!(out, "# HELP {name} {}", escape_help(&f.help));
+            let _ = writeln!(out, "# TYPE {name} {}", f.kind.as_str());
+            for (labels, value) in &f.series {
+                out.push_str(name);
+                if !labels.is_empty() {
+                    out.push('{');
+                    for (i, (k, v)) in labels.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        let _ = write!(out, "{k}=\"{}\"", escape_label_value(v));
+                    }
+                    out.push('}');
+                }
+                let _ = writeln!(out, " {}", format_value(*value));
+            }
+        }
+        out
+    }
+}
+
+/// A valid metric name: `[a-zA-Z_][a-zA-Z0-9_]*`. Anything else becomes `_`, colons included
+/// (they are reserved for recording rules).
+pub fn metric_name(name: &str) -> String {
+    let mut out: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+    if !out.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+        out.insert(0, '_');
+    }
+    out
+}
+
+/// A valid label name (`[a-zA-Z_][a-zA-Z0-9_]*`, not starting with the reserved `__`), or
+/// `None` for an empty one.
+pub fn label_name(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return None;
+    }
+    let mut out = metric_name(name);
+    while out.starts_with("__") {
+        out.remove(0);
+    }
+    Some(out)
+}
+
+/// `\` → `\\`, `"` → `\"`, newline → `\n`.
+pub fn escape_label_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// HELP text: `\` → `\\`, newline → `\n` (quotes stay).
+fn escape_help(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+/// A sample value as the text format spells it (`NaN`, `+Inf`, `-Inf`, else the shortest
+/// decimal that reads back as the same f64).
+pub fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else {
+        v.to_string()
+    }
+}
+
+/// How one native sample name (CONTRACT §4) is exposed.
+pub struct Exposed {
+    pub native: &'static str,
+    pub name: &'static str,
+    /// Multiplied into the value to reach the base unit.
+    pub scale: f64,
+    pub help: &'static str,
+}
+
+const PERCENT: f64 = 0.01;
+const MS: f64 = 0.001;
+const ONE: f64 = 1.0;
+
+const fn m(native: &'static str, name: &'static str, scale: f64, help: &'static str) -> Exposed {
+    Exposed { native, name, scale, help }
+}
+
+/// Every native sample name and its exposition name, unit conversion and HELP text.
+#[rustfmt::skip] // a table: one row per line reads better than rustfmt's blocks
+pub const SAMPLES: &[Exposed] = &[
+    m("cpu_user", "vigil_cpu_user_ratio", PERCENT, "Share of CPU time spent in user mode over the last interval (1 = all CPUs)."),
+    m("cpu_system", "vigil_cpu_system_ratio", PERCENT, "Share of CPU time spent in kernel mode over the last interval."),
+    m("cpu_iowait", "vigil_cpu_iowait_ratio", PERCENT, "Share of CPU time spent idle waiting for I/O over the last interval."),
+    m("cpu_steal", "vigil_cpu_steal_ratio", PERCENT, "Share of CPU time stolen by the hypervisor over the last interval."),
+    m("cpu_idle", "vigil_cpu_idle_ratio", PERCENT, "Share of CPU time spent idle over the last interval."),
+    m("disk_reads_sec", "vigil_disk_reads_per_second", ONE, "Completed reads per second over the last interval."),
+    m("disk_writes_sec", "vigil_disk_writes_per_second", ONE, "Completed writes per second over the last interval."),
+    m("disk_latency", "vigil_disk_latency_seconds", MS, "Average time per completed I/O over the last interval."),
+    m("dns", "vigil_dns_resolution_seconds", MS, "Time the last resolution of the name took at the server."),
+    m("dns_success", "vigil_dns_success", ONE, "Whether the last resolution of the name at the server succeeded (1) or not (0)."),
+    m("fs_disk_util", "vigil_fs_disk_util_ratio", PERCENT, "Share of the filesystem's space in use."),
+    m("fs_inodes_util", "vigil_fs_inodes_util_ratio", PERCENT, "Share of the filesystem's inodes in use."),
+    m("container_cpu_util", "vigil_container_cpu_util_ratio", PERCENT, "CPU used by the container over the last interval (1 = one CPU)."),
+    m("container_mem_bytes", "vigil_container_mem_bytes", ONE, "Memory used by the container."),
+    m("load_1", "vigil_load_1", ONE, "Load average over 1 minute."),
+    m("load_5", "vigil_load_5", ONE, "Load average over 5 minutes."),
+    m("load_15", "vigil_load_15", ONE, "Load average over 15 minutes."),
+    m("load_1_norm", "vigil_load_1_norm", ONE, "Load average over 1 minute divided by the number of CPUs."),
+    m("mem_util", "vigil_mem_util_ratio", PERCENT, "Share of memory in use (total minus available)."),
+    m("mem_available_bytes", "vigil_mem_available_bytes", ONE, "Memory available for new work without swapping."),
+    m("mem_swap_util", "vigil_mem_swap_util_ratio", PERCENT, "Share of swap space in use."),
+    m("mem_swap_in", "vigil_mem_swap_in_pages_per_second", ONE, "Pages swapped in per second over the last interval."),
+    m("net_rcvd_byte", "vigil_net_rcvd_bytes_per_second", ONE, "Bytes received per second over the last interval."),
+    m("net_sent_byte", "vigil_net_sent_bytes_per_second", ONE, "Bytes sent per second over the last interval."),
+    m("net_rcvd_packet", "vigil_net_rcvd_packets_per_second", ONE, "Packets received per second over the last interval."),
+    m("net_sent_packet", "vigil_net_sent_packets_per_second", ONE, "Packets sent per second over the last interval."),
+    m("net_total_error", "vigil_net_errors_per_second", ONE, "Receive and transmit errors per second over the last interval."),
+    m("net_total_drops", "vigil_net_drops_per_second", ONE, "Received and transmitted packets dropped per second over the last interval."),
+    m("processes", "vigil_processes", ONE, "Processes in the state."),
+    m("proc_threads", "vigil_proc_threads", ONE, "Threads of all processes."),
+    m("proc_open_files", "vigil_proc_open_files", ONE, "Open file handles, system-wide."),
+    m("time_drift", "vigil_time_drift_seconds", MS, "Local clock minus the SNTP server's clock."),
+    m("time_drift_success", "vigil_time_drift_success", ONE, "Whether the last query of the SNTP server succeeded (1) or not (0)."),
+];
+
+/// Self metrics the supervisor records per collection; `/metrics` shows the same figures
+/// from the status snapshot instead (`vigil_collector_*{collector}`).
+const FROM_STATUS: &[&str] = &["collector_duration_ms", "collector_samples_total", "collector_errors_total"];
+
+/// Everything one scrape shows.
+pub struct Scrape<'a> {
+    pub status: &'a StatusSnapshot,
+    pub sinks: &'a [SinkStatus],
+    pub latest: &'a [(SeriesKey, Latest)],
+    /// Milliseconds since the epoch, now.
+    pub now_ms: i64,
+    /// Series whose latest value is older than this are left out.
+    pub stale_after: Duration,
+}
+
+/// The exposition of one scrape.
+pub fn render(s: &Scrape) -> String {
+    let mut e = Exposition::default();
+    agent_families(&mut e, s.status);
+    for sink in s.sinks {
+        sink_families(&mut e, sink);
+    }
+    let table: BTreeMap<&str, &Exposed> = SAMPLES.iter().map(|x| (x.native, x)).collect();
+    let oldest = s.now_ms.saturating_sub(s.stale_after.as_millis() as i64);
+    for ((name, tags), latest) in s.latest {
+        if latest.ts_ms < oldest || FROM_STATUS.contains(&name.as_str()) {
+            continue;
+        }
+        let labels: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        match table.get(name.as_str()) {
+            Some(x) => e.add(x.name, Kind::Gauge, x.help, &labels, latest.value * x.scale),
+            None => {
+                let kind = if name.ends_with("_total") { Kind::Counter } else { Kind::Gauge };
+                let help = format!("Sample {name} as collected (no exposition name of its own yet).");
+                e.add(&format!("vigil_{name}"), kind, &help, &labels, latest.value);
+            }
+        }
+    }
+    e.render()
+}
+
+fn agent_families(e: &mut Exposition, st: &StatusSnapshot) {
+    use Kind::{Counter, Gauge};
+    let c = &st.collector;
+    e.add(
+        "vigil_build_info",
+        Gauge,
+        "The running vigil's version (always 1).",
+        &[("version", &st.version)],
+        1.0,
+    );
+    e.add(
+        "vigil_uptime_seconds",
+        Gauge,
+        "Time since the supervisor started.",
+        &[],
+        st.uptime_ms as f64 / 1000.0,
+    );
+    for state in State::ALL {
+        e.add(
+            "vigil_collector_state",
+            Gauge,
+            "Lifecycle state of the collector process (1 for the current state).",
+            &[("state", state.as_str())],
+            f64::from(u8::from(c.state == state)),
+        );
+    }
+    e.add(
+        "vigil_collector_incarnation",
+        Gauge,
+        "Number of the current (or last) collector process, 1 for the first.",
+        &[],
+        c.incarnation as f64,
+    );
+    e.add(
+        "vigil_collector_restarts_total",
+        Counter,
+        "Collector processes started after the first.",
+        &[],
+        c.restarts as f64,
+    );
+    for crash in &c.crash_counts {
+        let code = crash.code.map(|n| n.to_string()).unwrap_or_default();
+        e.add(
+            "vigil_collector_crashes_total",
+            Counter,
+            "Ends of the collector process vigil did not ask for, by reason and signal or exit code.",
+            &[
+                ("reason", &crash.reason),
+                ("signal", crash.signal_name.as_deref().unwrap_or("")),
+                ("exit_code", &code),
+            ],
+            crash.count as f64,
+        );
+    }
+    if let Some(rtt) = c.heartbeat.rtt_ms {
+        e.add(
+            "vigil_collector_heartbeat_rtt_seconds",
+            Gauge,
+            "Round trip of the last heartbeat answered by the collector process.",
+            &[],
+            rtt / 1000.0,
+        );
+    }
+    if let Some(ago) = c.heartbeat.last_ack_ms_ago {
+        e.add(
+            "vigil_collector_heartbeat_age_seconds",
+            Gauge,
+            "Time since the collector process last answered a heartbeat.",
+            &[],
+            ago as f64 / 1000.0,
+        );
+    }
+    for col in &st.collectors {
+        let l = [("collector", col.name.as_str())];
+        if let Some(ms) = col.last_duration_ms {
+            e.add(
+                "vigil_collector_last_duration_seconds",
+                Gauge,
+                "Duration of the collector's last collection.",
+                &l,
+                ms / 1000.0,
+            );
+        }
+        e.add(
+            "vigil_collector_collections_total",
+            Counter,
+            "Collections finished or failed.",
+            &l,
+            col.collections as f64,
+        );
+        e.add("vigil_collector_samples_total", Counter, "Samples produced.", &l, col.samples as f64);
+        e.add("vigil_collector_errors_total", Counter, "Failed collections.", &l, col.errors as f64);
+        e.add(
+            "vigil_collector_crashes_attributed_total",
+            Counter,
+            "Crashes of the collector process that happened while this collector was collecting.",
+            &l,
+            f64::from(col.crashes),
+        );
+        e.add(
+            "vigil_collector_quarantined",
+            Gauge,
+            "Whether the collector is quarantined after crashing the collector process (1) or not (0).",
+            &l,
+            f64::from(u8::from(col.state == "quarantined")),
+        );
+    }
+}
+
+fn sink_families(e: &mut Exposition, s: &SinkStatus) {
+    use Kind::{Counter, Gauge};
+    let l = [("sink", s.name.as_str())];
+    e.add(
+        "vigil_upload_connected",
+        Gauge,
+        "Whether the sink's connection is up (vigil) or its last request succeeded (remote_write).",
+        &l,
+        f64::from(u8::from(s.connected)),
+    );
+    e.add(
+        "vigil_upload_sent_batches_total",
+        Counter,
+        "Batches the receiver acknowledged.",
+        &l,
+        s.sent_batches as f64,
+    );
+    e.add(
+        "vigil_upload_spooled_batches",
+        Gauge,
+        "Batches in the spool, not yet acknowledged.",
+        &l,
+        s.spooled_batches as f64,
+    );
+    e.add("vigil_upload_spool_bytes", Gauge, "Size of the sink's spool files.", &l, s.spool_bytes as f64);
+    e.add("vigil_upload_last_seq", Gauge, "Seq of the newest batch spooled.", &l, s.last_seq as f64);
+    e.add("vigil_upload_acked_seq", Gauge, "Highest seq the receiver acknowledged.", &l, s.acked_seq as f64);
+    e.add(
+        "vigil_upload_errors_total",
+        Counter,
+        "Failed connections and requests, refused batches and spool errors.",
+        &l,
+        s.errors as f64,
+    );
+    for (&reason, &n) in &s.dropped {
+        // One family per unit: a sum over reasons must not add batches to bytes.
+        let (name, reason, help) = match reason {
+            "spool_full" => {
+                ("vigil_upload_dropped_batches_total", reason, "Batches dropped, by reason (spool_full).")
+            }
+            "buffer_full" | "rejected" => (
+                "vigil_upload_dropped_samples_total",
+                reason,
+                "Samples dropped, by reason (buffer_full, rejected).",
+            ),
+            "corrupt_records" => (
+                "vigil_upload_dropped_records_total",
+                "corrupt",
+                "Damaged spool records skipped when the spool was opened.",
+            ),
+            "torn_bytes" => (
+                "vigil_upload_dropped_bytes_total",
+                "torn",
+                "Bytes cut from torn spool tails when the spool was opened.",
+            ),
+            other => ("vigil_upload_dropped_total", other, "Things dropped, by reason."),
+        };
+        e.add(name, Counter, help, &[("sink", &s.name), ("reason", reason)], n as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_actors::supervisor::{CollectorEntry, CollectorStatus, CrashCount, HeartbeatStatus};
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label_value(r#"a\b"c"#), r#"a\\b\"c"#);
+        assert_eq!(escape_label_value("line\nbreak"), "line\\nbreak");
+        let mut e = Exposition::default();
+        e.add("x", Kind::Gauge, "h", &[("path", "C:\\dir \"q\"\nend")], 1.0);
+        assert!(e.render().contains("x{path=\"C:\\\\dir \\\"q\\\"\\nend\"} 1\n"), "{}", e.render());
+    }
+
+    #[test]
+    fn help_is_escaped_but_keeps_quotes() {
+        let mut e = Exposition::default();
+        e.add("x", Kind::Gauge, "a \\ \"b\"\nc", &[], 1.0);
+        assert!(e.render().starts_with("# HELP x a \\\\ \"b\"\\nc\n"), "{}", e.render());
+    }
+
+    #[test]
+    fn help_and_type_come_once_per_family_and_the_first_wins() {
+        let mut e = Exposition::default();
+        e.add("fam", Kind::Counter, "first", &[("k", "1")], 1.0);
+        e.add("other", Kind::Gauge, "o", &[], 3.0);
+        e.add("fam", Kind::Gauge, "second", &[("k", "2")], 2.0);
+        let text = e.render();
+        assert_eq!(text.matches("# HELP fam").count(), 1, "{text}");
+        assert_eq!(text.matches("# TYPE fam").count(), 1, "{text}");
+        assert!(
+            text.contains("# HELP fam first\n# TYPE fam counter\nfam{k=\"1\"} 1\nfam{k=\"2\"} 2\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn order_is_deterministic_whatever_the_insertion_order() {
+        let series = [("b", "z", 1.0), ("a", "y", 2.0), ("b", "a", 3.0), ("a", "b", 4.0)];
+        let build = |order: &[usize]| {
+            let mut e = Exposition::default();
+            for &i in order {
+                let (name, v, x) = series[i];
+                e.add(name, Kind::Gauge, "h", &[("z", "1"), ("l", v)], x);
+            }
+            e.render()
+        };
+        let a = build(&[0, 1, 2, 3]);
+        assert_eq!(a, build(&[3, 2, 1, 0]));
+        assert_eq!(a, build(&[2, 0, 3, 1]));
+        let lines: Vec<&str> = a.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            lines,
+            ["a{l=\"b\",z=\"1\"} 4", "a{l=\"y\",z=\"1\"} 2", "b{l=\"a\",z=\"1\"} 3", "b{l=\"z\",z=\"1\"} 1"]
+        );
+    }
+
+    #[test]
+    fn nan_and_infinities_are_spelled_as_prometheus_reads_them() {
+        assert_eq!(format_value(f64::NAN), "NaN");
+        assert_eq!(format_value(f64::INFINITY), "+Inf");
+        assert_eq!(format_value(f64::NEG_INFINITY), "-Inf");
+        assert_eq!(format_value(0.25), "0.25");
+        assert_eq!(format_value(3.0), "3");
+        assert_eq!(format_value(1e-9).parse::<f64>().unwrap(), 1e-9);
+        assert_eq!(format_value(1.5e300).parse::<f64>().unwrap(), 1.5e300);
+    }
+
+    #[test]
+    fn invalid_names_are_sanitized() {
+        assert_eq!(metric_name("vigil_ok_1"), "vigil_ok_1");
+        assert_eq!(metric_name("my.metric-name:x"), "my_metric_name_x");
+        assert_eq!(metric_name("1st"), "_1st");
+        assert_eq!(metric_name("naïve"), "na_ve");
+        assert_eq!(label_name("k8s.io/app").as_deref(), Some("k8s_io_app"));
+        assert_eq!(label_name("__name__").as_deref(), Some("_name__"), "the reserved prefix is cut");
+        assert_eq!(label_name("9lives").as_deref(), Some("_9lives"));
+        assert_eq!(label_name(""), None);
+        let mut e = Exposition::default();
+        e.add("a.b", Kind::Gauge, "h", &[("x-y", "1"), ("x.y", "2"), ("", "3"), ("empty", "")], 1.0);
+        assert!(
+            e.render().ends_with("\na_b{x_y=\"1\"} 1\n"),
+            "first of two clashing labels kept: {}",
+            e.render()
+        );
+    }
+
+    fn snapshot() -> StatusSnapshot {
+        StatusSnapshot {
+            version: "1.2.3".into(),
+            pid: 1,
+            uptime_ms: 1500,
+            collector: CollectorStatus {
+                state: State::Running,
+                pid: Some(2),
+                incarnation: 3,
+                restarts: 2,
+                next_restart_in_ms: None,
+                heartbeat: HeartbeatStatus { last_ack_ms_ago: Some(250), rtt_ms: Some(0.5) },
+                last_exit: None,
+                crash_counts: vec![
+                    CrashCount {
+                        reason: "signaled".into(),
+                        signal_name: Some("SIGSEGV".into()),
+                        code: None,
+                        count: 2,
+                    },
+                    CrashCount { reason: "exited".into(), signal_name: None, code: Some(3), count: 1 },
+                ],
+                spawn_error: None,
+            },
+            collectors: vec![CollectorEntry {
+                name: "dns".into(),
+                state: "quarantined",
+                last_duration_ms: Some(12.0),
+                collections: 4,
+                samples: 8,
+                errors: 1,
+                last_error: Some("x".into()),
+                crashes: 2,
+                quarantined_until: None,
+            }],
+            uploads: vec![],
+        }
+    }
+
+    fn sink() -> SinkStatus {
+        SinkStatus {
+            name: "main".into(),
+            kind: "vigil",
+            connected: true,
+            sent_batches: 5,
+            spooled_batches: 1,
+            spool_bytes: 4096,
+            dropped_samples: 0,
+            dropped: BTreeMap::from([
+                ("spool_full", 1),
+                ("buffer_full", 2),
+                ("rejected", 0),
+                ("corrupt_records", 0),
+                ("torn_bytes", 7),
+            ]),
+            last_seq: 6,
+            acked_seq: 5,
+            errors: 4,
+            last_error: None,
+        }
+    }
+
+    fn key(name: &str, tags: &[(&str, &str)]) -> SeriesKey {
+        (name.into(), tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    #[test]
+    fn samples_are_converted_to_base_units_and_stale_ones_left_out() {
+        let now = 1_000_000;
+        let fresh = |value| Latest { value, ts_ms: now - 1000 };
+        let latest = vec![
+            (key("cpu_user", &[]), fresh(25.0)),
+            (key("dns", &[("name", "a.test"), ("server", "127.0.0.1:53")]), fresh(12.5)),
+            (key("load_1", &[("host", "h")]), fresh(0.75)),
+            (key("collector_duration_ms", &[("collector", "cpu")]), fresh(3.0)),
+            (key("brand_new", &[]), fresh(7.0)),
+            (key("mem_util", &[]), Latest { value: 50.0, ts_ms: now - 60_000 }),
+        ];
+        let st = snapshot();
+        let text = render(&Scrape {
+            status: &st,
+            sinks: &[],
+            latest: &latest,
+            now_ms: now,
+            stale_after: Duration::from_secs(30),
+        });
+        assert!(text.contains("\nvigil_cpu_user_ratio 0.25\n"), "{text}");
+        assert!(
+            text.contains("\nvigil_dns_resolution_seconds{name=\"a.test\",server=\"127.0.0.1:53\"} 0.0125\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nvigil_load_1{host=\"h\"} 0.75\n"), "{text}");
+        assert!(text.contains("\n# TYPE vigil_brand_new gauge\nvigil_brand_new 7\n"), "{text}");
+        assert!(!text.contains("mem_util"), "stale: {text}");
+        assert!(!text.contains("collector_duration"), "shown from the snapshot instead: {text}");
+    }
+
+    #[test]
+    fn the_agents_own_figures() {
+        let st = snapshot();
+        let text = render(&Scrape {
+            status: &st,
+            sinks: &[sink()],
+            latest: &[],
+            now_ms: 0,
+            stale_after: Duration::from_secs(30),
+        });
+        for line in [
+            "vigil_build_info{version=\"1.2.3\"} 1",
+            "vigil_uptime_seconds 1.5",
+            "vigil_collector_state{state=\"running\"} 1",
+            "vigil_collector_state{state=\"backoff\"} 0",
+            "vigil_collector_restarts_total 2",
+            "vigil_collector_crashes_total{reason=\"signaled\",signal=\"SIGSEGV\"} 2",
+            "vigil_collector_crashes_total{exit_code=\"3\",reason=\"exited\"} 1",
+            "vigil_collector_heartbeat_rtt_seconds 0.0005",
+            "vigil_collector_heartbeat_age_seconds 0.25",
+            "vigil_collector_last_duration_seconds{collector=\"dns\"} 0.012",
+            "vigil_collector_errors_total{collector=\"dns\"} 1",
+            "vigil_collector_quarantined{collector=\"dns\"} 1",
+            "vigil_upload_spool_bytes{sink=\"main\"} 4096",
+            "vigil_upload_errors_total{sink=\"main\"} 4",
+            "vigil_upload_dropped_batches_total{reason=\"spool_full\",sink=\"main\"} 1",
+            "vigil_upload_dropped_samples_total{reason=\"buffer_full\",sink=\"main\"} 2",
+            "vigil_upload_dropped_bytes_total{reason=\"torn\",sink=\"main\"} 7",
+            "vigil_upload_acked_seq{sink=\"main\"} 5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+        }
+        // Every family has HELP and TYPE, and every counter ends in _total.
+        for l in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let f: Vec<&str> = l.split(' ').collect();
+            assert!(text.contains(&format!("# HELP {} ", f[2])), "{l}");
+            assert_eq!(f[3] == "counter", f[2].ends_with("_total"), "{l}");
+        }
+    }
+
+    #[test]
+    fn an_agent_without_samples_still_exposes_its_own_figures() {
+        let mut st = snapshot();
+        st.collectors.clear();
+        st.collector.heartbeat = HeartbeatStatus { last_ack_ms_ago: None, rtt_ms: None };
+        let text =
+            render(&Scrape { status: &st, sinks: &[], latest: &[], now_ms: 0, stale_after: Duration::ZERO });
+        assert!(text.starts_with("# HELP vigil_build_info "), "{text}");
+        assert!(!text.contains("rtt"), "{text}");
+        assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn docs_list_every_exposition_name() {
+        let doc = include_str!("../docs/metrics.md");
+        for x in SAMPLES {
+            let row = format!("| `{}` | `{}` |", x.native, x.name);
+            assert!(doc.contains(&row), "docs/metrics.md lacks the row {row}");
+        }
+        let names: std::collections::BTreeSet<&str> = SAMPLES.iter().map(|x| x.name).collect();
+        assert_eq!(names.len(), SAMPLES.len(), "two native names map to one exposition name");
+        let st = snapshot();
+        let text = render(&Scrape {
+            status: &st,
+            sinks: &[sink()],
+            latest: &[],
+            now_ms: 0,
+            stale_after: Duration::ZERO,
+        });
+        for l in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let name = l.split(' ').nth(2).unwrap();
+            assert!(doc.contains(&format!("`{name}`")), "docs/metrics.md does not describe {name}");
+        }
+    }
+}
