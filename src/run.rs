@@ -59,6 +59,9 @@ fn run(args: RunArgs, source: config::Source, cfg: Config) -> anyhow::Result<i32
     let token = match cfg.status.token_file.as_str() {
         "" => None,
         f => {
+            if let Some(w) = vigil_actors::config::secret_file_warning(f, "status.token_file") {
+                tracing::warn!("{w}");
+            }
             let token = std::fs::read_to_string(f)
                 .with_context(|| format!("cannot read status.token_file {f}"))?
                 .trim()

@@ -10,6 +10,7 @@ fn non_loopback_listener_requires_the_bearer_token() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cret-token\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
     let cfg = fast_config("").replace(
         "listen = \"127.0.0.1:0\"",
         &format!("listen = \"0.0.0.0:0\"\ntoken_file = \"{}\"", token.display()),
@@ -21,6 +22,31 @@ fn non_loopback_listener_requires_the_bearer_token() {
     assert_eq!(http_get(&agent.addr, "/metrics", None).0, 401);
     assert_eq!(http_get(&agent.addr, "/metrics", Some("wrong")).0, 401);
     assert_eq!(http_get(&agent.addr, "/metrics", Some("s3cret-token")).0, 200);
+    assert!(
+        agent.log_lines("readable by group or others").is_empty(),
+        "a 0600 token file is not warned about"
+    );
+}
+
+#[test]
+fn a_token_file_others_can_read_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret-token\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = fast_config("").replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:0\"\ntoken_file = \"{}\"", token.display()),
+    );
+    let agent = Agent::start(&cfg, &[]);
+    let warned = agent.log_lines("readable by group or others");
+    assert_eq!(warned.len(), 1, "{}", agent.log_tail());
+    assert!(
+        warned[0].contains("WARN") && warned[0].contains("mode 644") && warned[0].contains("chmod 600"),
+        "{warned:?}"
+    );
+    // Still served, with the token.
+    assert_eq!(http_get(&agent.addr, "/status", Some("s3cret-token")).0, 200);
 }
 
 #[test]

@@ -359,6 +359,16 @@ impl Config {
 }
 
 /// Seconds (validated finite and non-negative) as a `Duration`.
+/// A warning when a file holding a secret (a bearer token) can be read by its group or by
+/// others; `None` when it is private or cannot be inspected.
+pub fn secret_file_warning(path: &str, what: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then(|| {
+        format!("{what} {path} is readable by group or others (mode {mode:03o}); `chmod 600 {path}` it")
+    })
+}
+
 pub fn secs(v: f64) -> Duration {
     if v.is_finite() && v > 0.0 {
         Duration::from_secs_f64(v.min(1e9))

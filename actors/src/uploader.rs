@@ -127,6 +127,9 @@ impl Uploader {
             );
         }
         tracing::info!(sink = %cfg.name, pending = spool.pending_len(), next_seq = spool.next_seq(), "Spool opened.");
+        if let Some(w) = crate::config::secret_file_warning(&cfg.token_file, "upload.token_file") {
+            tracing::warn!(sink = %cfg.name, "{w}");
+        }
         Ok(Self {
             cfg,
             agent_id,
