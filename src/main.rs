@@ -3,6 +3,7 @@
 
 mod collector;
 mod config;
+mod crashes;
 mod logging;
 mod metrics;
 mod once;
@@ -44,6 +45,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List crash reports (newest first) or show one: `vigil crashes [list | show ID]`.
+    Crashes(crashes::Args),
     /// A local ingest server for the native protocol: WebSocket at /v1/ingest, one JSON line
     /// per accepted batch in FILE.
     Receive(receive::Args),
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::main(args),
         Command::Collector => collector::main(),
         Command::Once { config, json } => once::main(config, json),
+        Command::Crashes(args) => crashes::main(args),
         Command::Receive(args) => receive::main(args),
         Command::CheckConfig { config } => check_config(config),
     }
