@@ -306,7 +306,7 @@ fn render_header(shown: &Shown, dir: &Path) -> String {
         field("collector in flight", r.exit.collector_in_flight.clone().unwrap_or_else(|| "-".into()));
         field("pid", r.pid.to_string());
         field("incarnation", r.incarnation.to_string());
-        field("lived", format!("{} ms", r.exit.uptime_ms));
+        field("lived", crate::status_cmd::human_ms(r.exit.uptime_ms));
         field("version", r.version.clone());
         field(
             "stderr",
