@@ -3,12 +3,15 @@
 
 mod collector;
 mod config;
+mod crashes;
+mod http_client;
 mod logging;
 mod metrics;
 mod once;
 mod receive;
 mod run;
 mod status;
+mod status_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +47,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Query the local status endpoint: a summary (or --json); exit 0 healthy, 1 unreachable,
+    /// 2 unhealthy.
+    Status(status_cmd::Args),
+    /// List crash reports (newest first) or show one: `vigil crashes [list | show ID]`.
+    Crashes(crashes::Args),
     /// A local ingest server for the native protocol: WebSocket at /v1/ingest, one JSON line
     /// per accepted batch in FILE.
     Receive(receive::Args),
@@ -61,6 +69,8 @@ fn main() -> ExitCode {
         Command::Run(args) => run::main(args),
         Command::Collector => collector::main(),
         Command::Once { config, json } => once::main(config, json),
+        Command::Status(args) => status_cmd::main(args),
+        Command::Crashes(args) => crashes::main(args),
         Command::Receive(args) => receive::main(args),
         Command::CheckConfig { config } => check_config(config),
     }

@@ -125,9 +125,14 @@ fn run(args: RunArgs, source: config::Source, cfg: Config) -> anyhow::Result<i32
         settings.sink_flush = sinks.iter().map(|a| a.clone().recipient()).collect();
         let ctx = actix::Context::<Supervisor>::new();
         let supervisor = ctx.address();
-        if let Some((_handle, addr)) =
-            crate::status::start(&listen, token, stale_after, supervisor.clone(), sinks)?
-        {
+        if let Some((_handle, addr)) = crate::status::start(
+            &listen,
+            token,
+            stale_after,
+            settings.crash_dir(),
+            supervisor.clone(),
+            sinks,
+        )? {
             tracing::info!(addr = %addr, "Status endpoint listening.");
         }
         ctx.run(Supervisor::new(settings));

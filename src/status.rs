@@ -1,10 +1,12 @@
-//! The supervisor's local HTTP endpoint (CONTRACT §5): `/status`, `/healthz` and `/metrics`
-//! (rendered by [`crate::metrics`]).
+//! The supervisor's local HTTP endpoint (CONTRACT §5): `/status`, `/healthz`, `/metrics`
+//! (rendered by [`crate::metrics`]), and the crash reports: `/crashes`, `/crashes/{id}` and
+//! `/crashes/{id}/stderr` (read by [`crate::crashes`]).
 //!
 //! It runs on actix-web worker threads and only talks to the Supervisor through
 //! `GetStatus`, so a slow or hostile client can never block supervision.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::PathBuf;
 
 use actix::Addr;
 use actix_web::{http::header, web, App, HttpRequest, HttpResponse, HttpServer};
@@ -21,6 +23,8 @@ struct AppState {
     token: Option<String>,
     /// `/metrics` leaves out series whose latest value is older than this.
     stale_after: std::time::Duration,
+    /// `DATA_DIR/crashes`, served by `/crashes`; also shown in `/status` as `crash_dir`.
+    crash_dir: PathBuf,
 }
 
 /// Binds the listener and starts serving; returns the server handle (to stop it) and a
@@ -29,16 +33,20 @@ pub fn start(
     listen: &ListenAddr,
     token: Option<String>,
     stale_after: std::time::Duration,
+    crash_dir: PathBuf,
     supervisor: Addr<Supervisor>,
     sinks: Vec<Addr<Uploader>>,
 ) -> anyhow::Result<Option<(actix_web::dev::ServerHandle, String)>> {
-    let state = web::Data::new(AppState { supervisor, sinks, token, stale_after });
+    let state = web::Data::new(AppState { supervisor, sinks, token, stale_after, crash_dir });
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .route("/status", web::get().to(status))
             .route("/healthz", web::get().to(healthz))
             .route("/metrics", web::get().to(metrics))
+            .route("/crashes", web::get().to(crashes))
+            .route("/crashes/{id}", web::get().to(crash))
+            .route("/crashes/{id}/stderr", web::get().to(crash_stderr))
             .default_service(web::to(not_found))
     })
     .workers(1)
@@ -119,7 +127,9 @@ async fn status(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
                     snap.uploads.push(serde_json::to_value(st).unwrap_or_default());
                 }
             }
-            HttpResponse::Ok().json(snap)
+            let mut body = serde_json::to_value(snap).unwrap_or_default();
+            body["crash_dir"] = serde_json::Value::from(state.crash_dir.to_string_lossy());
+            HttpResponse::Ok().json(body)
         }
         Err(e) => HttpResponse::ServiceUnavailable()
             .json(serde_json::json!({ "error": format!("supervisor unavailable: {e}") })),
@@ -174,6 +184,65 @@ async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
         stale_after: state.stale_after,
     });
     HttpResponse::Ok().content_type(crate::metrics::CONTENT_TYPE).body(body)
+}
+
+/// `/crashes`: every report, newest first, as `crate::crashes::Entry::to_json`.
+async fn crashes(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if !authorized(&req, &state) {
+        return unauthorized();
+    }
+    let dir = state.crash_dir.clone();
+    match web::block(move || crate::crashes::list(&dir)).await {
+        Ok(Ok(entries)) => {
+            HttpResponse::Ok().json(entries.iter().map(crate::crashes::Entry::to_json).collect::<Vec<_>>())
+        }
+        Ok(Err(e)) => HttpResponse::InternalServerError().json(serde_json::json!({ "error": e.to_string() })),
+        Err(e) => HttpResponse::InternalServerError().json(serde_json::json!({ "error": e.to_string() })),
+    }
+}
+
+/// Reads one report off the worker thread; the error answer when that fails.
+async fn load_report(state: &AppState, id: String) -> Result<crate::crashes::Shown, HttpResponse> {
+    use crate::crashes::ShowError;
+    let dir = state.crash_dir.clone();
+    let shown = web::block({
+        let id = id.clone();
+        move || crate::crashes::show(&dir, &id)
+    })
+    .await
+    .map_err(|e| HttpResponse::InternalServerError().json(serde_json::json!({ "error": e.to_string() })))?;
+    shown.map_err(|e| match e {
+        ShowError::InvalidId => HttpResponse::BadRequest()
+            .json(serde_json::json!({ "error": "not a crash report ID (letters, digits, '-' and '.')" })),
+        ShowError::NotFound => {
+            HttpResponse::NotFound().json(serde_json::json!({ "error": format!("no crash report `{id}`") }))
+        }
+        ShowError::Unreadable(why) => {
+            HttpResponse::InternalServerError().json(serde_json::json!({ "error": why }))
+        }
+    })
+}
+
+/// `/crashes/{id}`: the report with its stderr tail as text.
+async fn crash(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
+    if !authorized(&req, &state) {
+        return unauthorized();
+    }
+    match load_report(&state, id.into_inner()).await {
+        Ok(shown) => HttpResponse::Ok().json(shown.to_json()),
+        Err(answer) => answer,
+    }
+}
+
+/// `/crashes/{id}/stderr`: the stderr tail, byte for byte.
+async fn crash_stderr(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
+    if !authorized(&req, &state) {
+        return unauthorized();
+    }
+    match load_report(&state, id.into_inner()).await {
+        Ok(shown) => HttpResponse::Ok().content_type("application/octet-stream").body(shown.stderr),
+        Err(answer) => answer,
+    }
 }
 
 async fn not_found(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {

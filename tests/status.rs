@@ -22,6 +22,10 @@ fn non_loopback_listener_requires_the_bearer_token() {
     assert_eq!(http_get(&agent.addr, "/metrics", None).0, 401);
     assert_eq!(http_get(&agent.addr, "/metrics", Some("wrong")).0, 401);
     assert_eq!(http_get(&agent.addr, "/metrics", Some("s3cret-token")).0, 200);
+    assert_eq!(http_get(&agent.addr, "/crashes", None).0, 401);
+    assert_eq!(http_get(&agent.addr, "/crashes/20200101T000000.000Z-1", Some("wrong")).0, 401);
+    assert_eq!(http_get(&agent.addr, "/crashes/20200101T000000.000Z-1/stderr", None).0, 401);
+    assert_eq!(http_get(&agent.addr, "/crashes", Some("s3cret-token")).0, 200);
     assert!(
         agent.log_lines("readable by group or others").is_empty(),
         "a 0600 token file is not warned about"

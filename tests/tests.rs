@@ -4,6 +4,7 @@ mod harness;
 
 mod cli;
 mod collectors;
+mod inspect;
 mod metrics;
 mod status;
 mod supervision;

@@ -1,0 +1,422 @@
+//! Reading the crash reports in `DATA_DIR/crashes` (written by the Supervisor, see
+//! `vigil_actors::crash_report`), for `vigil crashes list | show ID` and for the status
+//! endpoint's `/crashes` and `/crashes/{id}`.
+//!
+//! Reading never trusts the directory: a report that cannot be read or parsed is listed with
+//! its error instead of its fields, and an ID is checked by [`crash_report::valid_id`]
+//! before it becomes part of a path, so no request can name a file outside the directory.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde_json::{Map, Value};
+use vigil_actors::crash_report::{self, CrashReport, ReportError};
+
+use crate::config;
+
+/// One report as listed: the `ID.json` object (kept as JSON, so fields added by later
+/// versions pass through) with `id` and `stderr_bytes`, or why it could not be read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub id: String,
+    pub report: Result<Map<String, Value>, String>,
+    /// Size of `ID.stderr`; `None` when it is missing.
+    pub stderr_bytes: Option<u64>,
+}
+
+impl Entry {
+    /// The `/crashes` element: the report with `id` and `stderr_bytes`, or `{id, error}`.
+    pub fn to_json(&self) -> Value {
+        let mut obj = match &self.report {
+            Ok(r) => r.clone(),
+            Err(e) => Map::from_iter([("error".to_string(), Value::from(e.as_str()))]),
+        };
+        obj.insert("id".into(), Value::from(self.id.as_str()));
+        obj.insert("stderr_bytes".into(), self.stderr_bytes.map_or(Value::Null, Value::from));
+        Value::Object(obj)
+    }
+
+    /// The typed view, for display; `None` for a corrupt entry.
+    fn typed(&self) -> Option<CrashReport> {
+        let r = self.report.as_ref().ok()?;
+        serde_json::from_value(Value::Object(r.clone())).ok()
+    }
+}
+
+/// Every report in `dir`, newest first. A missing directory has none.
+pub fn list(dir: &Path) -> Result<Vec<Entry>, ReportError> {
+    let mut ids = crash_report::list_ids(dir)?;
+    ids.reverse();
+    Ok(ids.into_iter().map(|id| read_entry(dir, id)).collect())
+}
+
+fn read_entry(dir: &Path, id: String) -> Entry {
+    let path = dir.join(format!("{id}.json"));
+    let report =
+        std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display())).and_then(|bytes| {
+            match serde_json::from_slice::<Value>(&bytes) {
+                Ok(Value::Object(map)) => {
+                    // The fields every report has must be there with the right types.
+                    serde_json::from_value::<CrashReport>(Value::Object(map.clone()))
+                        .map(|_| map)
+                        .map_err(|e| format!("not a crash report: {e}"))
+                }
+                Ok(_) => Err("not a crash report: not a JSON object".to_string()),
+                Err(e) => Err(format!("not a crash report: {e}")),
+            }
+        });
+    let stderr_bytes = std::fs::metadata(stderr_path(dir, &id)).ok().map(|m| m.len());
+    Entry { id, report, stderr_bytes }
+}
+
+/// `ID.stderr` in `dir`; only for an `id` that passed [`crash_report::valid_id`].
+pub fn stderr_path(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!("{id}.stderr"))
+}
+
+/// Why one report cannot be shown.
+#[derive(Debug, PartialEq)]
+pub enum ShowError {
+    /// Not an ID vigil writes (e.g. `../x`): refused before any file is touched.
+    InvalidId,
+    NotFound,
+    /// It exists but cannot be read or parsed.
+    Unreadable(String),
+}
+
+/// One report and its stderr tail, exactly as stored.
+pub struct Shown {
+    pub entry: Entry,
+    pub stderr: Vec<u8>,
+}
+
+/// Reads report `id` from `dir` with its stderr (empty when `ID.stderr` is missing).
+pub fn show(dir: &Path, id: &str) -> Result<Shown, ShowError> {
+    if !crash_report::valid_id(id) {
+        return Err(ShowError::InvalidId);
+    }
+    if !dir.join(format!("{id}.json")).exists() {
+        return Err(ShowError::NotFound);
+    }
+    let entry = read_entry(dir, id.to_string());
+    if let Err(e) = &entry.report {
+        return Err(ShowError::Unreadable(e.clone()));
+    }
+    let stderr = match std::fs::read(stderr_path(dir, id)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(ShowError::Unreadable(format!("cannot read {id}.stderr: {e}"))),
+    };
+    Ok(Shown { entry, stderr })
+}
+
+impl Shown {
+    /// The `/crashes/{id}` answer: the report, `stderr_bytes`, and `stderr` as text (invalid
+    /// UTF-8 replaced; `stderr_lossy` says whether that happened, and `/crashes/{id}/stderr`
+    /// has the exact bytes).
+    pub fn to_json(&self) -> Value {
+        let mut v = self.entry.to_json();
+        let text = String::from_utf8_lossy(&self.stderr);
+        let lossy = matches!(text, std::borrow::Cow::Owned(_));
+        v["stderr"] = Value::from(text.into_owned());
+        v["stderr_lossy"] = Value::from(lossy);
+        v
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// `vigil crashes`
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    action: Option<Action>,
+    /// Config file (default: $VIGIL_CONFIG, else /etc/vigil/vigil.toml if it exists, else built-in defaults).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Data directory (overrides agent.data_dir); the reports are in its `crashes/`.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Print JSON (as `/crashes` and `/crashes/{id}` serve it) instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(clap::Subcommand)]
+enum Action {
+    /// List the reports, newest first (the default).
+    List,
+    /// Print one report: its fields, then its stderr tail byte for byte.
+    Show {
+        /// The report ID (first column of `vigil crashes list`).
+        id: String,
+        /// Print only the stderr tail, byte for byte (for piping).
+        #[arg(long, conflicts_with = "json")]
+        stderr: bool,
+    },
+}
+
+pub fn main(args: Args) -> ExitCode {
+    let source = config::lookup(args.config.as_deref());
+    let cfg = match config::load(&source) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(crate::EXIT_CONFIG);
+        }
+    };
+    let dir = config::data_dir(args.data_dir.as_deref(), &cfg).join("crashes");
+    let mut out = std::io::stdout().lock();
+    let result = match args.action.unwrap_or(Action::List) {
+        Action::List => cmd_list(&dir, args.json, &mut out),
+        Action::Show { id, stderr } => cmd_show(&dir, &id, args.json, stderr, &mut out),
+    };
+    match result.and_then(|code| out.flush().map(|_| code).map_err(|e| format!("cannot write: {e}"))) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vigil crashes: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn cmd_list(dir: &Path, json: bool, out: &mut impl Write) -> Result<ExitCode, String> {
+    let entries = list(dir).map_err(|e| format!("cannot list crash reports: {e}"))?;
+    let w = |e: std::io::Error| format!("cannot write: {e}");
+    if json {
+        let v: Vec<Value> = entries.iter().map(Entry::to_json).collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&v).unwrap_or_default()).map_err(w)?;
+    } else if entries.is_empty() {
+        writeln!(out, "No crash reports in {}.", dir.display()).map_err(w)?;
+    } else {
+        out.write_all(render_table(&entries).as_bytes()).map_err(w)?;
+        writeln!(out, "\n{} report(s) in {}; `vigil crashes show ID` for one.", entries.len(), dir.display())
+            .map_err(w)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_show(
+    dir: &Path,
+    id: &str,
+    json: bool,
+    stderr_only: bool,
+    out: &mut impl Write,
+) -> Result<ExitCode, String> {
+    let shown = show(dir, id).map_err(|e| match e {
+        ShowError::InvalidId => format!("`{id}` is not a crash report ID (see `vigil crashes list`)"),
+        ShowError::NotFound => format!("no crash report `{id}` in {}", dir.display()),
+        ShowError::Unreadable(why) => format!("crash report `{id}` in {}: {why}", dir.display()),
+    })?;
+    let w = |e: std::io::Error| format!("cannot write: {e}");
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&shown.to_json()).unwrap_or_default()).map_err(w)?;
+    } else if stderr_only {
+        out.write_all(&shown.stderr).map_err(w)?;
+    } else {
+        out.write_all(render_header(&shown, dir).as_bytes()).map_err(w)?;
+        out.write_all(&shown.stderr).map_err(w)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// How the collector ended, in a few words: `SIGSEGV`, `SIGSEGV (core)`, `exit 3`.
+pub fn how(signal_name: Option<&str>, code: Option<i64>, core_dumped: bool) -> String {
+    match (signal_name, code) {
+        (Some(s), _) if core_dumped => format!("{s} (core dumped)"),
+        (Some(s), _) => s.to_string(),
+        (None, Some(c)) => format!("exit {c}"),
+        (None, None) => "-".to_string(),
+    }
+}
+
+/// The `vigil crashes list` table, one row per report; corrupt ones say so in place of
+/// their fields.
+pub fn render_table(entries: &[Entry]) -> String {
+    let header =
+        ["ID", "TIME", "REASON", "SIGNAL/EXIT", "IN FLIGHT", "INCARNATION", "STDERR"].map(String::from);
+    // A corrupt report has only its ID and why; its text runs past the columns.
+    let rows: Vec<Result<[String; 7], (String, String)>> = entries
+        .iter()
+        .map(|e| {
+            let stderr = e.stderr_bytes.map_or("missing".to_string(), human_bytes);
+            match (e.typed(), &e.report) {
+                (Some(r), _) => Ok([
+                    e.id.clone(),
+                    r.exit.at.clone(),
+                    r.exit.reason.clone(),
+                    how(r.exit.signal_name.as_deref(), r.exit.code.map(i64::from), r.exit.core_dumped),
+                    r.exit.collector_in_flight.clone().unwrap_or_else(|| "-".into()),
+                    r.incarnation.to_string(),
+                    stderr,
+                ]),
+                (None, Err(why)) => Err((e.id.clone(), why.clone())),
+                (None, Ok(_)) => Err((e.id.clone(), "not a crash report".into())),
+            }
+        })
+        .collect();
+    let mut widths = header.clone().map(|c| c.chars().count());
+    for r in &rows {
+        match r {
+            Ok(cells) => {
+                for (w, c) in widths.iter_mut().zip(cells) {
+                    *w = (*w).max(c.chars().count());
+                }
+            }
+            Err((id, _)) => widths[0] = widths[0].max(id.chars().count()),
+        }
+    }
+    let mut s = String::new();
+    for r in std::iter::once(Ok(header.clone())).chain(rows) {
+        let line = match r {
+            Ok(cells) => {
+                cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ")
+            }
+            Err((id, why)) => format!("{id:<w$}  !! {why}", w = widths[0]),
+        };
+        s.push_str(line.trim_end());
+        s.push('\n');
+    }
+    s
+}
+
+/// `vigil crashes show` before the stderr bytes: the report's fields and where it is stored.
+fn render_header(shown: &Shown, dir: &Path) -> String {
+    let e = &shown.entry;
+    let mut s = String::new();
+    let mut field = |k: &str, v: String| s.push_str(&format!("{k:<20} {v}\n"));
+    field("id", e.id.clone());
+    if let Some(r) = e.typed() {
+        field("time", r.exit.at.clone());
+        field("reason", r.exit.reason.clone());
+        if let Some(sig) = r.exit.signal {
+            let name = r.exit.signal_name.clone().unwrap_or_default();
+            field(
+                "signal",
+                format!("{name} ({sig}){}", if r.exit.core_dumped { ", core dumped" } else { "" }),
+            );
+        }
+        if let Some(c) = r.exit.code {
+            field("exit code", c.to_string());
+        }
+        if let Some(d) = &r.exit.detail {
+            field("detail", d.clone());
+        }
+        field("collector in flight", r.exit.collector_in_flight.clone().unwrap_or_else(|| "-".into()));
+        field("pid", r.pid.to_string());
+        field("incarnation", r.incarnation.to_string());
+        field("lived", crate::status_cmd::human_ms(r.exit.uptime_ms));
+        field("version", r.version.clone());
+        field(
+            "stderr",
+            format!(
+                "last {} of {} written",
+                human_bytes(r.stderr_kept_bytes),
+                human_bytes(r.stderr_total_bytes)
+            ),
+        );
+    }
+    field("files", format!("{0}/{1}.json, {0}/{1}.stderr", dir.display(), e.id));
+    s.push_str(&format!("--- stderr ({} bytes, byte-exact) ---\n", shown.stderr.len()));
+    s
+}
+
+/// `1536` → `1.5 KiB`; small counts stay exact (`812 B`).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(id: &str, signal: Option<i32>, code: Option<i32>) -> CrashReport {
+        CrashReport {
+            id: id.into(),
+            version: "0.1.0".into(),
+            pid: 42,
+            incarnation: 3,
+            exit: crash_report::LastExit {
+                at: "2026-11-27T04:00:00Z".into(),
+                reason: if signal.is_some() { "signaled" } else { "exited" }.into(),
+                code,
+                signal,
+                signal_name: signal.map(vigil_actors::signals::signal_name),
+                core_dumped: false,
+                uptime_ms: 1500,
+                collector_in_flight: Some("dns".into()),
+                crash_report: Some(id.into()),
+                detail: None,
+            },
+            stderr_total_bytes: 5,
+            stderr_kept_bytes: 5,
+        }
+    }
+
+    #[test]
+    fn lists_newest_first_with_corrupt_reports_marked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = ("20260101T000000.000Z-1", "20260102T000000.000Z-2", "20260103T000000.000Z-3");
+        crash_report::write(dir.path(), &report(a, Some(11), None), b"\xffa").unwrap();
+        crash_report::write(dir.path(), &report(b, None, Some(3)), b"bb").unwrap();
+        std::fs::write(dir.path().join(format!("{c}.json")), b"{ torn").unwrap();
+        let entries = list(dir.path()).unwrap();
+        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, [c, b, a]);
+        assert!(entries[0].report.as_ref().unwrap_err().contains("not a crash report"));
+        assert_eq!(entries[0].stderr_bytes, None);
+        assert_eq!(entries[2].stderr_bytes, Some(2));
+        assert_eq!(entries[2].to_json()["signal_name"], "SIGSEGV");
+        assert_eq!(entries[2].to_json()["stderr_bytes"], 2);
+        assert!(entries[0].to_json()["error"].is_string());
+
+        let table = render_table(&entries);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("ID ") && lines[0].contains("SIGNAL/EXIT"), "{table}");
+        assert!(lines[1].starts_with(c) && lines[1].contains("!! not a crash report"), "{table}");
+        assert!(lines[2].contains("exit 3") && lines[2].contains("dns"), "{table}");
+        assert!(lines[3].contains("SIGSEGV") && lines[3].contains("signaled"), "{table}");
+    }
+
+    #[test]
+    fn show_refuses_ids_that_are_not_report_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let crashes = dir.path().join("crashes");
+        std::fs::create_dir(&crashes).unwrap();
+        std::fs::write(dir.path().join("secret.json"), b"{}").unwrap();
+        for bad in ["../secret", "..", "a/b", "a\0b", "", ".hidden", "/etc/passwd"] {
+            assert_eq!(show(&crashes, bad).err(), Some(ShowError::InvalidId), "{bad:?}");
+        }
+        assert_eq!(show(&crashes, "20260101T000000.000Z-1").err(), Some(ShowError::NotFound));
+        let id = "20260101T000000.000Z-9";
+        crash_report::write(&crashes, &report(id, Some(11), None), b"x\xfe\n").unwrap();
+        let s = show(&crashes, id).unwrap();
+        assert_eq!(s.stderr, b"x\xfe\n");
+        let j = s.to_json();
+        assert_eq!(j["stderr"], "x\u{fffd}\n");
+        assert_eq!(j["stderr_lossy"], true);
+        let header = render_header(&s, &crashes);
+        assert!(header.contains("SIGSEGV (11)") && header.ends_with("byte-exact) ---\n"), "{header}");
+    }
+
+    #[test]
+    fn how_and_bytes() {
+        assert_eq!(how(Some("SIGSEGV"), None, false), "SIGSEGV");
+        assert_eq!(how(Some("SIGABRT"), None, true), "SIGABRT (core dumped)");
+        assert_eq!(how(None, Some(101), false), "exit 101");
+        assert_eq!(human_bytes(812), "812 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(1 << 20), "1.0 MiB");
+    }
+}

@@ -1,0 +1,460 @@
+//! `vigil status`: asks the local status endpoint for `/status` and prints the one screen an
+//! operator reads when paged, or with `--json` the raw answer.
+//!
+//! Exit codes: 0 healthy; 1 the endpoint cannot be reached or read (the message names the
+//! address); 2 it answered and the agent is unhealthy (see [`assess`]); 78 invalid config.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::Value;
+use vigil_actors::config::{ListenAddr, StatusConfig};
+
+use crate::config;
+use crate::crashes::{how, human_bytes};
+use crate::http_client::{self, Target};
+
+/// Exit code when the agent answered and is not healthy.
+const EXIT_UNHEALTHY: u8 = 2;
+
+/// Bounds the connect and each read: a supervisor that cannot answer in this time is as good
+/// as unreachable to someone who was paged.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Status endpoint: IP:PORT, http://IP:PORT or unix:/path (default: status.listen of the config).
+    #[arg(long)]
+    addr: Option<String>,
+    /// Print the raw /status JSON instead of the summary (the exit code is the same).
+    #[arg(long)]
+    json: bool,
+    /// Config file (default: $VIGIL_CONFIG, else /etc/vigil/vigil.toml if it exists, else built-in defaults).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// File holding the bearer token (default: status.token_file of the config).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+pub fn main(args: Args) -> ExitCode {
+    let source = config::lookup(args.config.as_deref());
+    let cfg = match config::load(&source) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(crate::EXIT_CONFIG);
+        }
+    };
+    match run(&args, &cfg) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vigil status: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: &Args, cfg: &vigil_actors::config::Config) -> Result<ExitCode, String> {
+    let target = match &args.addr {
+        Some(a) => Target::parse(a)?,
+        None => default_target(&cfg.status)?,
+    };
+    let token_file = args
+        .token_file
+        .clone()
+        .or_else(|| (!cfg.status.token_file.is_empty()).then(|| PathBuf::from(&cfg.status.token_file)));
+    let token = match token_file {
+        None => None,
+        Some(f) => Some(
+            std::fs::read_to_string(&f)
+                .map_err(|e| format!("cannot read the token file {}: {e}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+    };
+    let resp = http_client::get(&target, "/status", token.as_deref(), TIMEOUT)
+        .map_err(|e| format!("the agent is unreachable at {target}: {e}"))?;
+    let body = String::from_utf8_lossy(&resp.body);
+    match resp.code {
+        200 => {}
+        401 => {
+            return Err(format!(
+                "{target} refused the request (401): it needs the bearer token (--token-file or status.token_file{})",
+                if token.is_some() { "; the one sent is wrong" } else { "" }
+            ))
+        }
+        code => return Err(format!("{target} answered {code} to GET /status: {}", body.trim())),
+    }
+    let status: Value = serde_json::from_str(&body)
+        .map_err(|e| format!("{target} answered GET /status with something that is not JSON ({e})"))?;
+    let verdict = assess(&status);
+    if args.json {
+        println!("{}", body.trim_end());
+    } else {
+        print!("{}", render(&status, &target, &verdict));
+    }
+    Ok(if verdict.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_UNHEALTHY) })
+}
+
+/// Where `status.listen` is reached from this host.
+fn default_target(status: &StatusConfig) -> Result<Target, String> {
+    match status.listen_addr()? {
+        ListenAddr::Disabled => {
+            Err("the status endpoint is disabled (status.listen = \"\"); pass --addr if it runs elsewhere".into())
+        }
+        ListenAddr::Tcp(a) if a.port() == 0 => Err(format!(
+            "status.listen is {a}: the agent picked a free port at start; pass --addr with the one in its log line `Status endpoint listening.`"
+        )),
+        ListenAddr::Tcp(a) => Ok(Target::for_listener(a)),
+        ListenAddr::Unix(p) => Ok(Target::Unix(p)),
+    }
+}
+
+/// What is wrong: `problems` make the exit code 2, `warnings` are shown only.
+#[derive(Debug, Default, PartialEq)]
+pub struct Verdict {
+    pub problems: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Unhealthy is what `/healthz` calls unhealthy (the collector process is not `running`),
+/// and also: a collector quarantined (its metrics are missing until it is let out), or a
+/// sink whose last attempt failed (`last_error` set: batches pile up in its spool). A
+/// collection that failed (`error`) and a sink still making its first connection are
+/// warnings: the agent itself works.
+pub fn assess(s: &Value) -> Verdict {
+    let mut v = Verdict::default();
+    let c = &s["collector"];
+    let state = c["state"].as_str().unwrap_or("unknown");
+    if state != "running" {
+        let mut why = format!("collector state is {state}");
+        let e = &c["last_exit"];
+        if e.is_object() {
+            let reason = e["reason"].as_str().unwrap_or("?");
+            why.push_str(&format!(
+                " after {reason} ({})",
+                how(e["signal_name"].as_str(), e["code"].as_i64(), e["core_dumped"].as_bool() == Some(true))
+            ));
+            if let Some(r) = e["crash_report"].as_str() {
+                why.push_str(&format!(", crash report {r}"));
+            }
+        }
+        if let Some(err) = c["spawn_error"].as_str() {
+            why.push_str(&format!("; cannot start it: {err}"));
+        }
+        v.problems.push(why);
+    }
+    for col in s["collectors"].as_array().into_iter().flatten() {
+        let name = col["name"].as_str().unwrap_or("?");
+        match col["state"].as_str() {
+            Some("quarantined") => v.problems.push(format!(
+                "collector {name} is quarantined until {}",
+                col["quarantined_until"].as_str().unwrap_or("?")
+            )),
+            Some("error") => v.warnings.push(format!(
+                "collector {name} failed its last collection: {}",
+                col["last_error"].as_str().unwrap_or("?")
+            )),
+            _ => {}
+        }
+    }
+    for sink in s["uploads"].as_array().into_iter().flatten() {
+        let name = sink["name"].as_str().unwrap_or("?");
+        let backlog = sink["spooled_batches"].as_u64().unwrap_or(0);
+        if let Some(err) = sink["last_error"].as_str() {
+            v.problems.push(format!("sink {name} is failing ({backlog} batches spooled): {err}"));
+        } else if sink["connected"].as_bool() != Some(true) {
+            v.warnings.push(format!("sink {name} is not connected yet ({backlog} batches spooled)"));
+        }
+    }
+    v
+}
+
+/// `1234` → `1.2 s`; `7384000` → `2h 03m 04s`; below a second, milliseconds.
+pub fn human_ms(ms: u64) -> String {
+    if ms < 1000 {
+        return format!("{ms} ms");
+    }
+    if ms < 60_000 {
+        return format!("{:.1} s", ms as f64 / 1000.0);
+    }
+    let secs = ms / 1000;
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h) {
+        (0, 0) => format!("{m}m {s:02}s"),
+        (0, _) => format!("{h}h {m:02}m {s:02}s"),
+        _ => format!("{d}d {h:02}h {m:02}m"),
+    }
+}
+
+fn or_dash(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Left-aligned columns, two spaces apart.
+fn table(rows: &[Vec<String>]) -> String {
+    let mut widths = vec![0usize; rows.iter().map(Vec::len).max().unwrap_or(0)];
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut s = String::new();
+    for r in rows {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        s.push_str("  ");
+        s.push_str(line.join("  ").trim_end());
+        s.push('\n');
+    }
+    s
+}
+
+/// The human summary.
+pub fn render(s: &Value, target: &Target, verdict: &Verdict) -> String {
+    let mut out = String::new();
+    let health = if verdict.problems.is_empty() { "HEALTHY" } else { "UNHEALTHY" };
+    out.push_str(&format!("vigil {} at {target}: {health}\n", or_dash(&s["version"])));
+    for p in &verdict.problems {
+        out.push_str(&format!("  ! {p}\n"));
+    }
+    for w in &verdict.warnings {
+        out.push_str(&format!("  warning: {w}\n"));
+    }
+    out.push('\n');
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<14}{v}\n"));
+    line(
+        "supervisor",
+        format!("pid {}, up {}", or_dash(&s["pid"]), human_ms(s["uptime_ms"].as_u64().unwrap_or(0))),
+    );
+    let c = &s["collector"];
+    line(
+        "collector",
+        format!(
+            "{}, pid {}, incarnation {}, restarts {}",
+            or_dash(&c["state"]),
+            or_dash(&c["pid"]),
+            or_dash(&c["incarnation"]),
+            or_dash(&c["restarts"])
+        ),
+    );
+    if let Some(ms) = c["next_restart_in_ms"].as_u64() {
+        line("next restart", format!("in {}", human_ms(ms)));
+    }
+    if let Some(e) = c["spawn_error"].as_str() {
+        line("spawn error", e.to_string());
+    }
+    let hb = &c["heartbeat"];
+    let ack = hb["last_ack_ms_ago"].as_u64().map_or("never".into(), |ms| format!("{} ago", human_ms(ms)));
+    let rtt = hb["rtt_ms"].as_f64().map_or("-".into(), |ms| format!("{ms:.2} ms"));
+    line("heartbeat", format!("last ack {ack}, rtt {rtt}"));
+    let e = &c["last_exit"];
+    if e.is_object() {
+        let mut how_ = match (e["signal_name"].as_str(), e["signal"].as_i64(), e["code"].as_i64()) {
+            (Some(name), Some(n), _) => format!("{name} (signal {n})"),
+            (Some(name), None, _) => name.to_string(),
+            (None, _, Some(code)) => format!("exit code {code}"),
+            _ => "-".into(),
+        };
+        if e["core_dumped"].as_bool() == Some(true) {
+            how_.push_str(", core dumped");
+        }
+        line(
+            "last exit",
+            format!(
+                "{}, {how_}, at {}, lived {}",
+                or_dash(&e["reason"]),
+                or_dash(&e["at"]),
+                human_ms(e["uptime_ms"].as_u64().unwrap_or(0))
+            ),
+        );
+        if let Some(d) = e["detail"].as_str() {
+            line("", d.to_string());
+        }
+        if let Some(name) = e["collector_in_flight"].as_str() {
+            line("", format!("collector {name} was collecting"));
+        }
+        match (e["crash_report"].as_str(), s["crash_dir"].as_str()) {
+            (Some(id), Some(dir)) => {
+                line("crash report", id.to_string());
+                line("", format!("{dir}/{id}.json"));
+                line("", format!("{dir}/{id}.stderr"));
+            }
+            (Some(id), None) => line("crash report", format!("{id} (`vigil crashes show {id}`)")),
+            (None, _) => {}
+        }
+    } else {
+        line("last exit", "none".into());
+    }
+    let counts: Vec<String> = c["crash_counts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|k| {
+            format!(
+                "{} {} x{}",
+                or_dash(&k["reason"]),
+                how(k["signal_name"].as_str(), k["code"].as_i64(), false),
+                or_dash(&k["count"])
+            )
+        })
+        .collect();
+    if !counts.is_empty() {
+        line("crashes", counts.join(", "));
+    }
+
+    out.push_str("\ncollectors\n");
+    let mut rows = vec![["NAME", "STATE", "LAST RUN", "SAMPLES", "ERRORS", "CRASHES", "LAST ERROR"]
+        .map(String::from)
+        .to_vec()];
+    for col in s["collectors"].as_array().into_iter().flatten() {
+        let mut state = or_dash(&col["state"]);
+        if let Some(until) = col["quarantined_until"].as_str() {
+            state = format!("{state} until {until}");
+        }
+        rows.push(vec![
+            or_dash(&col["name"]),
+            state,
+            col["last_duration_ms"].as_f64().map_or("-".into(), |ms| format!("{ms:.1} ms")),
+            or_dash(&col["samples"]),
+            or_dash(&col["errors"]),
+            or_dash(&col["crashes"]),
+            or_dash(&col["last_error"]),
+        ]);
+    }
+    out.push_str(&table(&rows));
+
+    let sinks = s["uploads"].as_array().cloned().unwrap_or_default();
+    if sinks.is_empty() {
+        out.push_str("\nuploads: none (data stays local)\n");
+    } else {
+        out.push_str("\nuploads\n");
+        let mut rows = vec![["NAME", "TYPE", "CONNECTED", "SENT", "BACKLOG", "DROPPED", "LAST ERROR"]
+            .map(String::from)
+            .to_vec()];
+        for k in &sinks {
+            rows.push(vec![
+                or_dash(&k["name"]),
+                or_dash(&k["type"]),
+                if k["connected"].as_bool() == Some(true) { "yes" } else { "no" }.into(),
+                or_dash(&k["sent_batches"]),
+                format!(
+                    "{} batches, {}",
+                    or_dash(&k["spooled_batches"]),
+                    human_bytes(k["spool_bytes"].as_u64().unwrap_or(0))
+                ),
+                or_dash(&k["dropped_samples"]),
+                or_dash(&k["last_error"]),
+            ]);
+        }
+        out.push_str(&table(&rows));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn status(state: &str) -> Value {
+        json!({
+            "version": "0.1.0", "pid": 10, "uptime_ms": 7_384_000u64, "crash_dir": "/var/lib/vigil/crashes",
+            "collector": {
+                "state": state, "pid": 11, "incarnation": 2, "restarts": 1, "next_restart_in_ms": null,
+                "heartbeat": { "last_ack_ms_ago": 120, "rtt_ms": 0.31 },
+                "last_exit": { "at": "2026-11-27T04:00:00Z", "reason": "signaled", "code": null,
+                               "signal": 11, "signal_name": "SIGSEGV", "core_dumped": false,
+                               "uptime_ms": 1500, "collector_in_flight": "dns",
+                               "crash_report": "20261127T040000.000Z-9" },
+                "crash_counts": [ { "reason": "signaled", "signal_name": "SIGSEGV", "code": null, "count": 1 } ]
+            },
+            "collectors": [
+                { "name": "cpu", "state": "ok", "last_duration_ms": 0.4, "samples": 5, "errors": 0, "crashes": 0, "last_error": null },
+                { "name": "dns", "state": "error", "last_duration_ms": 2.0, "samples": 0, "errors": 1, "crashes": 1, "last_error": "timeout" }
+            ],
+            "uploads": []
+        })
+    }
+
+    #[test]
+    fn running_with_failed_collections_is_healthy_with_warnings() {
+        let v = assess(&status("running"));
+        assert!(v.problems.is_empty(), "{v:?}");
+        assert_eq!(v.warnings, ["collector dns failed its last collection: timeout"]);
+    }
+
+    #[test]
+    fn not_running_quarantined_or_a_failing_sink_is_unhealthy() {
+        let mut s = status("backoff");
+        s["collectors"][1]["state"] = json!("quarantined");
+        s["collectors"][1]["quarantined_until"] = json!("2026-11-27T05:00:00Z");
+        s["uploads"] = json!([
+            { "name": "main", "type": "vigil", "connected": false, "spooled_batches": 3, "spool_bytes": 2048, "last_error": "connection refused" },
+            { "name": "new", "type": "remote_write", "connected": false, "spooled_batches": 0, "spool_bytes": 0, "last_error": null }
+        ]);
+        let v = assess(&s);
+        assert_eq!(
+            v.problems,
+            [
+                "collector state is backoff after signaled (SIGSEGV), crash report 20261127T040000.000Z-9",
+                "collector dns is quarantined until 2026-11-27T05:00:00Z",
+                "sink main is failing (3 batches spooled): connection refused",
+            ]
+        );
+        assert_eq!(v.warnings, ["sink new is not connected yet (0 batches spooled)"]);
+        let text = render(&s, &Target::Unix("/run/v.sock".into()), &v);
+        assert!(
+            text.starts_with("vigil 0.1.0 at unix:/run/v.sock: UNHEALTHY\n  ! collector state"),
+            "{text}"
+        );
+        assert!(text.contains("quarantined until 2026-11-27T05:00:00Z"), "{text}");
+        assert!(text.contains("3 batches, 2.0 KiB") && text.contains("connection refused"), "{text}");
+    }
+
+    #[test]
+    fn the_summary_names_the_signal_and_the_report_files() {
+        let s = status("running");
+        let text = render(&s, &Target::parse("127.0.0.1:9779").unwrap(), &assess(&s));
+        assert!(text.starts_with("vigil 0.1.0 at http://127.0.0.1:9779: HEALTHY\n"), "{text}");
+        for want in [
+            "supervisor    pid 10, up 2h 03m 04s",
+            "collector     running, pid 11, incarnation 2, restarts 1",
+            "heartbeat     last ack 120 ms ago, rtt 0.31 ms",
+            "last exit     signaled, SIGSEGV (signal 11), at 2026-11-27T04:00:00Z, lived 1.5 s",
+            "collector dns was collecting",
+            "crash report  20261127T040000.000Z-9",
+            "/var/lib/vigil/crashes/20261127T040000.000Z-9.stderr",
+            "crashes       signaled SIGSEGV x1",
+            "uploads: none",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        let dns = text.lines().find(|l| l.trim_start().starts_with("dns ")).unwrap();
+        assert!(dns.contains("error") && dns.ends_with("timeout"), "{dns}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(human_ms(0), "0 ms");
+        assert_eq!(human_ms(1500), "1.5 s");
+        assert_eq!(human_ms(61_000), "1m 01s");
+        assert_eq!(human_ms(7_384_000), "2h 03m 04s");
+        assert_eq!(human_ms(90_061_000), "1d 01h 01m");
+    }
+
+    #[test]
+    fn default_address_follows_status_listen() {
+        let default_target =
+            |l: &str| default_target(&StatusConfig { listen: l.into(), ..Default::default() });
+        assert_eq!(default_target("0.0.0.0:9779"), Ok(Target::Tcp("127.0.0.1:9779".parse().unwrap())));
+        assert_eq!(default_target("unix:/run/v.sock"), Ok(Target::Unix("/run/v.sock".into())));
+        assert!(default_target("").unwrap_err().contains("disabled"));
+        assert!(default_target("127.0.0.1:0").unwrap_err().contains("--addr"));
+    }
+}
