@@ -3,6 +3,7 @@
 
 mod collector;
 mod config;
+mod daemon;
 mod logging;
 mod metrics;
 mod once;
@@ -31,7 +32,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start the supervisor (in the foreground).
+    /// Start the supervisor (in the foreground unless --daemon).
     Run(run::RunArgs),
     /// The collector child; started by `vigil run`, speaks the IPC protocol on stdin/stdout.
     Collector,

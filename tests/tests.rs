@@ -5,6 +5,7 @@ mod harness;
 mod cli;
 mod collectors;
 mod metrics;
+mod ops;
 mod status;
 mod supervision;
 mod tls;
