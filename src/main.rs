@@ -4,6 +4,7 @@
 mod collector;
 mod config;
 mod crashes;
+mod daemon;
 mod http_client;
 mod logging;
 mod metrics;
@@ -34,7 +35,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start the supervisor (in the foreground).
+    /// Start the supervisor (in the foreground unless --daemon).
     Run(run::RunArgs),
     /// The collector child; started by `vigil run`, speaks the IPC protocol on stdin/stdout.
     Collector,

@@ -1,9 +1,14 @@
 //! `vigil run`: the supervisor process. Wires the Supervisor actor, the status endpoint and
 //! the stop signals together on one actix System whose thread lives as long as the process
 //! (the collector's PR_SET_PDEATHSIG is tied to the thread that spawned it).
+//!
+//! Start-up order matters: everything that can fail because of the operator's input (the
+//! config, the log file, the data dir, a live pidfile) is checked while the terminal is
+//! still attached, then `--daemon` forks (before any thread exists), then the runtime starts.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use actix::{Actor, AsyncContext};
 use anyhow::Context as _;
@@ -13,6 +18,7 @@ use vigil_actors::supervisor::{Shutdown, Supervisor, SupervisorSettings};
 use vigil_actors::uploader::Uploader;
 
 use crate::config;
+use crate::daemon::{self, Readiness};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -25,6 +31,13 @@ pub struct RunArgs {
     /// Log file (overrides agent.log_file); default stderr.
     #[arg(long)]
     log_file: Option<PathBuf>,
+    /// Detach from the terminal and run in the background (needs --pidfile and a log file).
+    #[arg(long, requires = "pidfile")]
+    daemon: bool,
+    /// Write the process id here once the status endpoint is up; refuse to start while the
+    /// process it names is alive. Removed at exit.
+    #[arg(long)]
+    pidfile: Option<PathBuf>,
 }
 
 pub fn main(args: RunArgs) -> ExitCode {
@@ -36,33 +49,71 @@ pub fn main(args: RunArgs) -> ExitCode {
             return ExitCode::from(crate::EXIT_CONFIG);
         }
     };
-    match run(args, source, cfg) {
+    let log_file = args
+        .log_file
+        .clone()
+        .or_else(|| (!cfg.agent.log_file.is_empty()).then(|| PathBuf::from(&cfg.agent.log_file)));
+    if args.daemon && log_file.is_none() {
+        eprintln!(
+            "vigil: --daemon needs agent.log_file or --log-file: a daemon's stderr is /dev/null, so its log would be lost"
+        );
+        return ExitCode::from(crate::EXIT_CONFIG);
+    }
+    // Filled in the daemon once it has forked; the parent waits for its verdict.
+    let mut readiness = None;
+    match run(args, source, cfg, log_file, &mut readiness) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "Fatal error.");
-            eprintln!("vigil: {e:#}");
+            match readiness.take() {
+                Some(r) => r.failed(&format!("{e:#}")),
+                None => eprintln!("vigil: {e:#}"),
+            }
             ExitCode::from(1)
         }
     }
 }
 
-fn run(args: RunArgs, source: config::Source, cfg: Config) -> anyhow::Result<i32> {
-    let log_file = args
-        .log_file
-        .clone()
-        .or_else(|| (!cfg.agent.log_file.is_empty()).then(|| PathBuf::from(&cfg.agent.log_file)));
-    crate::logging::init_supervisor(cfg.agent.log_level, log_file.as_deref())?;
-    let data_dir = config::data_dir(args.data_dir.as_deref(), &cfg);
+fn run(
+    args: RunArgs,
+    source: config::Source,
+    mut cfg: Config,
+    log_file: Option<PathBuf>,
+    readiness: &mut Option<Readiness>,
+) -> anyhow::Result<i32> {
+    // The daemon works in /, so every path the operator gave relative to the working
+    // directory is made absolute first (the foreground agent logs the same absolute paths).
+    let cwd = std::env::current_dir().context("cannot read the working directory")?;
+    let abs = |p: &Path| cwd.join(p);
+    let log_file = log_file.map(|p| abs(&p));
+    let pidfile = args.pidfile.as_deref().map(abs);
+    for u in &mut cfg.upload {
+        for f in [&mut u.token_file, &mut u.ca_file] {
+            if !f.is_empty() {
+                *f = abs(Path::new(f)).to_string_lossy().into_owned();
+            }
+        }
+    }
+    let previous = match &pidfile {
+        Some(p) => daemon::check_pidfile(p)?,
+        None => daemon::Previous::None,
+    };
+    let log =
+        crate::logging::init_supervisor(cfg.agent.log_level, cfg.agent.log_format, log_file.as_deref())?;
+    let data_dir = abs(&config::data_dir(args.data_dir.as_deref(), &cfg));
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     let listen = cfg.status.listen_addr().map_err(anyhow::Error::msg)?;
     let token = match cfg.status.token_file.as_str() {
         "" => None,
         f => {
-            if let Some(w) = vigil_actors::config::secret_file_warning(f, "status.token_file") {
+            let path = abs(Path::new(f));
+            if let Some(w) =
+                vigil_actors::config::secret_file_warning(&path.to_string_lossy(), "status.token_file")
+            {
                 tracing::warn!("{w}");
             }
-            let token = std::fs::read_to_string(f)
+            let token = std::fs::read_to_string(&path)
                 .with_context(|| format!("cannot read status.token_file {f}"))?
                 .trim()
                 .to_string();
@@ -75,6 +126,21 @@ fn run(args: RunArgs, source: config::Source, cfg: Config) -> anyhow::Result<i32
     };
     let program =
         std::env::current_exe().context("cannot find the vigil executable to run as the collector")?;
+    if args.daemon {
+        let log_path = log.as_ref().map_or(Path::new("the log"), |l| l.path());
+        *readiness = Some(daemon::detach(log_path)?);
+    }
+    if let (daemon::Previous::Stale(old), Some(p)) = (&previous, &pidfile) {
+        tracing::warn!(pidfile = %p.display(), old = %old, "Replacing a stale pidfile (its process is gone).");
+    }
+    // Read systemd's variables, and take them out of the environment the collector inherits
+    // (systemd accepts notifications from the main process only). Still one thread here.
+    let notify = vigil_actors::sd_notify::SdNotify::from_env(std::process::id())
+        .context("cannot use NOTIFY_SOCKET")?
+        .map(Arc::new);
+    for k in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+        std::env::remove_var(k);
+    }
     tracing::info!(
         version = vigil_actors::VERSION,
         pid = std::process::id(),
@@ -94,6 +160,7 @@ fn run(args: RunArgs, source: config::Source, cfg: Config) -> anyhow::Result<i32
         upload_hosts: cfg.upload.iter().filter_map(|u| url_host(&u.url)).collect(),
         sinks: Vec::new(),
         sink_flush: Vec::new(),
+        notify,
     };
     let host = if cfg.agent.hostname.is_empty() {
         sysinfo::System::host_name().unwrap_or_else(|| "unknown".into())
@@ -106,7 +173,7 @@ fn run(args: RunArgs, source: config::Source, cfg: Config) -> anyhow::Result<i32
     let stale_after = (cfg.collectors.interval() * 3).max(std::time::Duration::from_secs(30));
 
     let system = actix_rt::System::new();
-    let started: anyhow::Result<()> = system.block_on(async move {
+    let started: anyhow::Result<Option<daemon::Pidfile>> = system.block_on(async move {
         // Bind the status endpoint before the first collector is spawned: a port in use is
         // a fatal start-up error and must not leave a child behind.
         let mut settings = settings;
@@ -135,6 +202,8 @@ fn run(args: RunArgs, source: config::Source, cfg: Config) -> anyhow::Result<i32
         )? {
             tracing::info!(addr = %addr, "Status endpoint listening.");
         }
+        // Written once the endpoint answers, and before the first collector exists.
+        let pidfile = pidfile.map(|p| daemon::Pidfile::write(&p, std::process::id())).transpose()?;
         ctx.run(Supervisor::new(settings));
         for (kind, name) in [(SignalKind::terminate(), "SIGTERM"), (SignalKind::interrupt(), "SIGINT")] {
             let mut stream = signal(kind).with_context(|| format!("cannot handle {name}"))?;
@@ -145,18 +214,40 @@ fn run(args: RunArgs, source: config::Source, cfg: Config) -> anyhow::Result<i32
                 }
             });
         }
-        // SIGHUP's default action would kill the supervisor without stopping the collector.
+        // SIGHUP reopens the log file (logrotate); its default action would kill the
+        // supervisor without stopping the collector.
         let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
         actix_rt::spawn(async move {
             while hup.recv().await.is_some() {
-                tracing::info!("SIGHUP received; nothing to reload (the log file is not reopened yet).");
+                reopen_log(log.as_ref());
             }
         });
-        Ok(())
+        Ok(pidfile)
     });
-    started?;
+    // Dropped (so removed) when this function returns, however it returns.
+    let _pidfile = started?;
+    if let Some(r) = readiness.take() {
+        r.ready();
+    }
     let code = system.run_with_code().context("supervisor event loop failed")?;
     Ok(code)
+}
+
+/// SIGHUP: the last line goes to the old file, the next ones to a new file at the path.
+fn reopen_log(log: Option<&crate::logging::LogFile>) {
+    let Some(log) = log else {
+        tracing::info!("SIGHUP received; logging to stderr, so there is no log file to reopen.");
+        return;
+    };
+    tracing::info!(log_file = %log.path().display(), "SIGHUP received; reopening the log file.");
+    match log.reopen() {
+        Ok(()) => tracing::info!(log_file = %log.path().display(), "Log file reopened (SIGHUP)."),
+        Err(e) => tracing::error!(
+            log_file = %log.path().display(),
+            error = %e,
+            "Cannot reopen the log file; still writing to the old one."
+        ),
+    }
 }
 
 /// The host name of a URL (`ws://host:port/path` → `host`), for the dns collector.

@@ -6,6 +6,7 @@ mod cli;
 mod collectors;
 mod inspect;
 mod metrics;
+mod ops;
 mod status;
 mod supervision;
 mod tls;

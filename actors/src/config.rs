@@ -78,6 +78,8 @@ pub struct AgentConfig {
     pub log_file: String,
     /// Least severe level logged.
     pub log_level: LogLevel,
+    /// How each log line is written: `text` or `json` (one object per line).
+    pub log_format: LogFormat,
     /// Tags added to every sample.
     pub tags: BTreeMap<String, String>,
 }
@@ -92,6 +94,17 @@ pub enum LogLevel {
     Info,
     Debug,
     Trace,
+}
+
+/// The shape of the supervisor's log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `TIMESTAMP LEVEL target: message key=value…`, for people.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message`, `fields`.
+    Json,
 }
 
 impl LogLevel {

@@ -33,6 +33,7 @@
 //! * [`resolver`]: name resolution without libc (hickory), also for awc.
 //! * [`uploader`]: one actor per upload sink (spool, connection, acks).
 //! * [`signals`]: signal names.
+//! * [`sd_notify`]: readiness and watchdog notifications to systemd.
 //! * [`spool`]: the durable, checksummed spool of one upload sink (upload itself: issue 4).
 
 pub mod child_process;
@@ -47,6 +48,7 @@ pub mod parent_link;
 pub mod protocol;
 pub mod remote_write;
 pub mod resolver;
+pub mod sd_notify;
 pub mod signals;
 pub mod spool;
 pub mod supervisor;

@@ -151,6 +151,8 @@ pub struct SupervisorSettings {
     pub sinks: Vec<Recipient<crate::uploader::Publish>>,
     /// The same sinks, told to spool what they buffer before the process exits.
     pub sink_flush: Vec<Recipient<crate::uploader::SpoolNow>>,
+    /// systemd's notification socket, when started by systemd with `Type=notify`.
+    pub notify: Option<std::sync::Arc<crate::sd_notify::SdNotify>>,
 }
 
 impl SupervisorSettings {
@@ -329,6 +331,9 @@ pub struct Supervisor {
     latest: HashMap<SeriesKey, Latest>,
     /// Unrequested ends by (reason, signal name, exit code), for `/metrics`.
     crash_counts: BTreeMap<(String, Option<String>, Option<i32>), u64>,
+    /// The incarnation whose first heartbeat ack systemd was told about (0: none yet, so
+    /// `READY=1` is still due).
+    notified_incarnation: u64,
 }
 
 impl Supervisor {
@@ -351,6 +356,14 @@ impl Supervisor {
             quarantine: HashMap::new(),
             latest: HashMap::new(),
             crash_counts: BTreeMap::new(),
+            notified_incarnation: 0,
+        }
+    }
+
+    /// Tells systemd `state` (`KEY=VALUE` lines), when it is listening.
+    fn sd_notify(&self, state: &str) {
+        if let Some(n) = &self.settings.notify {
+            n.send(state);
         }
     }
 
@@ -565,6 +578,11 @@ impl Supervisor {
             );
         }
         tracing::info!(delay_ms = d.delay.as_millis() as u64, state = ?self.state, "Restarting the collector after a delay.");
+        self.sd_notify(&format!(
+            "STATUS=Collector {}; restarting it in {} ms",
+            self.state.as_str(),
+            d.delay.as_millis()
+        ));
         let handle = ctx.run_later(d.delay, |this, ctx| this.spawn_child(ctx));
         self.next_restart = Some((now + d.delay, handle));
     }
@@ -642,6 +660,11 @@ impl Actor for Supervisor {
         {
             tracing::warn!(error = %e, "Cannot prune old crash reports.");
         }
+        // systemd's watchdog is fed from this actor's own timer: if the supervisor's event
+        // loop stops turning, the pings stop and systemd restarts the whole service.
+        if let Some(period) = self.settings.notify.as_ref().and_then(|n| n.watchdog_period()) {
+            ctx.run_interval(period, |this, _| this.sd_notify("WATCHDOG=1"));
+        }
         self.spawn_child(ctx);
     }
 }
@@ -677,6 +700,20 @@ impl Handler<HeartbeatObserved> for Supervisor {
         if self.is_current(h.incarnation) {
             self.last_ack = Some(h.at);
             self.rtt = Some(h.rtt);
+            if self.notified_incarnation != h.incarnation {
+                // The first ack proves the whole chain works: spawn, pipes, the child's loop.
+                let ready = if self.notified_incarnation == 0 {
+                    format!("READY=1\nMAINPID={}\n", std::process::id())
+                } else {
+                    String::new()
+                };
+                self.notified_incarnation = h.incarnation;
+                let pid = self.current.as_ref().map_or(0, |c| c.pid);
+                self.sd_notify(&format!(
+                    "{ready}STATUS=Collector running (pid {pid}, incarnation {})",
+                    h.incarnation
+                ));
+            }
         }
     }
 }
@@ -854,6 +891,7 @@ impl Handler<Shutdown> for Supervisor {
             return;
         }
         self.state = State::Stopping;
+        self.sd_notify(&format!("STOPPING=1\nSTATUS=Stopping ({})", m.signal));
         if let Some((_, h)) = self.next_restart.take() {
             ctx.cancel_future(h);
         }
