@@ -19,7 +19,9 @@
 //! # Layout
 //!
 //! * [`ipc`]: the frame codec and the messages on the pipes (both processes).
-//! * [`supervisor`]: restart policy, crash reports, status snapshot.
+//! * [`supervisor`]: restart policy, crash reports, status snapshot; applies check-in changes.
+//! * [`checkin`]: the check-in actor (remote settings, upload token, module downloads).
+//! * [`module`]: signed collector modules: verification, installation, rollback bookkeeping.
 //! * [`child_process`]: spawning, pipe draining, exit status.
 //! * [`heartbeat`]: liveness of the child.
 //! * [`parent_link`]: the child's end of the pipes.
@@ -35,6 +37,7 @@
 //! * [`signals`]: signal names.
 //! * [`spool`]: the durable, checksummed spool of one upload sink (upload itself: issue 4).
 
+pub mod checkin;
 pub mod child_process;
 pub mod collector;
 pub mod collectors;
@@ -43,6 +46,7 @@ pub mod crash_report;
 pub mod fault;
 pub mod heartbeat;
 pub mod ipc;
+pub mod module;
 pub mod parent_link;
 pub mod protocol;
 pub mod remote_write;
