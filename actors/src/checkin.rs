@@ -432,9 +432,13 @@ async fn check_in(
                         sha256: m.sha256.trim().to_ascii_lowercase(),
                     }));
                 }
-                Err(error) => {
+                Err(Failure::Refused(error)) => {
                     s.supervisor.do_send(ModuleEvent::Rejected { version: m.version.clone(), error });
                     out.rejected_module = Some(m);
+                }
+                Err(Failure::Retry(error)) => {
+                    // Not the module's fault: tried again at the next check-in.
+                    s.supervisor.do_send(ModuleEvent::Rejected { version: m.version.clone(), error });
                 }
             }
         }
@@ -443,31 +447,46 @@ async fn check_in(
 }
 
 /// Downloads, verifies and installs the module of `m`; its executable's path.
-async fn fetch_module(s: &CheckinSettings, client: &awc::Client, m: &Manifest) -> Result<PathBuf, String> {
-    module::check_version(&m.version).map_err(|e| e.to_string())?;
-    let url = module_url(&s.config.url, m)?;
+/// Why a module was not installed.
+enum Failure {
+    /// The manifest or the file is wrong (verification, size, version): this manifest is
+    /// not tried again.
+    Refused(String),
+    /// The download failed (network, HTTP status, local files): tried again next time.
+    Retry(String),
+}
+
+async fn fetch_module(s: &CheckinSettings, client: &awc::Client, m: &Manifest) -> Result<PathBuf, Failure> {
+    module::check_version(&m.version).map_err(|e| Failure::Refused(e.to_string()))?;
+    let url = module_url(&s.config.url, m).map_err(Failure::Refused)?;
     let mut dl = module::Download::create(&s.data_dir, &m.version)
-        .map_err(|e| format!("cannot create the download file: {e}"))?;
+        .map_err(|e| Failure::Retry(format!("cannot create the download file: {e}")))?;
     let fetched = tokio::time::timeout(DOWNLOAD_TIMEOUT, async {
-        let mut resp = client.get(url.as_str()).send().await.map_err(|e| format!("GET {url}: {e}"))?;
+        let mut resp =
+            client.get(url.as_str()).send().await.map_err(|e| Failure::Retry(format!("GET {url}: {e}")))?;
         if !resp.status().is_success() {
-            return Err(format!("GET {url}: HTTP {}", resp.status()));
+            return Err(Failure::Retry(format!("GET {url}: HTTP {}", resp.status())));
         }
         let announced: Option<u64> =
             resp.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
         if announced.is_some_and(|n| n > MAX_MODULE_BYTES) {
-            return Err(module::ModuleError::TooLarge.to_string());
+            return Err(Failure::Refused(module::ModuleError::TooLarge.to_string()));
         }
         while let Some(chunk) = resp.next().await {
-            let chunk = chunk.map_err(|e| format!("GET {url}: {e}"))?;
-            dl.write(&chunk)?;
+            let chunk = chunk.map_err(|e| Failure::Retry(format!("GET {url}: {e}")))?;
+            dl.write(&chunk).map_err(|e| match e {
+                module::ModuleError::Io(e) => Failure::Retry(e),
+                e => Failure::Refused(e.to_string()),
+            })?;
         }
         Ok(())
     })
     .await
-    .unwrap_or_else(|_| Err(format!("GET {url}: not done within {} s", DOWNLOAD_TIMEOUT.as_secs())));
+    .unwrap_or_else(|_| {
+        Err(Failure::Retry(format!("GET {url}: not done within {} s", DOWNLOAD_TIMEOUT.as_secs())))
+    });
     match fetched {
-        Ok(()) => dl.install(m, &s.public_key),
+        Ok(()) => dl.install(m, &s.public_key).map_err(Failure::Refused),
         Err(e) => {
             dl.abandon();
             Err(e)

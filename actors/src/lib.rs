@@ -14,6 +14,9 @@
 //!     │     exit status ────────────────────────►┘ (ChildExited)
 //!     └─► Heartbeat ── SendToChild(Heartbeat) ─► ChildProcess
 //!           ◄── Ack (routed by the Supervisor); ── ChildUnresponsive / HeartbeatObserved ─► Supervisor
+//!
+//! Checkin (own Arbiter) ── GetCheckinInfo, ApplyCollectors, ModuleEvent, RecordChange ─► Supervisor
+//!                       └─ TokenChanged ─► Uploader(s)
 //! ```
 //!
 //! # Layout

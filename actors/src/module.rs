@@ -61,6 +61,8 @@ pub enum ModuleError {
     Malformed { what: &'static str, why: String },
     #[error("the module is larger than {MAX_MODULE_BYTES} bytes")]
     TooLarge,
+    #[error("{0}")]
+    Io(String),
 }
 
 /// What a check-in server says about a module.
@@ -233,13 +235,13 @@ impl Download {
         Ok(Download { file, path, hasher: Hasher::default(), len: 0 })
     }
 
-    pub fn write(&mut self, chunk: &[u8]) -> Result<(), String> {
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), ModuleError> {
         self.len += chunk.len() as u64;
         if self.len > MAX_MODULE_BYTES {
-            return Err(ModuleError::TooLarge.to_string());
+            return Err(ModuleError::TooLarge);
         }
         self.hasher.update(chunk);
-        self.file.write_all(chunk).map_err(|e| format!("{}: {e}", self.path.display()))
+        self.file.write_all(chunk).map_err(|e| ModuleError::Io(format!("{}: {e}", self.path.display())))
     }
 
     /// Verifies what was written against `m`; on success the file becomes executable (0755)
