@@ -340,3 +340,43 @@ fn a_module_that_exits_at_once_is_rolled_back_and_collection_continues() {
     assert_eq!(st["collector"]["module"]["builtin"], true);
     assert_eq!(std::fs::read_to_string(&runs).unwrap().lines().count(), 3);
 }
+
+#[test]
+fn a_checkin_url_without_a_public_key_is_a_config_error_with_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("vigil.toml");
+    std::fs::write(
+        &cfg,
+        "[checkin]\nurl = \"http://127.0.0.1:9780/v1/checkin\"\ninterval_secs = 0\nbogus = 1\n",
+    )
+    .unwrap();
+    let out = Command::new(VIGIL).arg("check-config").arg("--config").arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(":2:1: `checkin.url`: needs checkin.public_key_file"), "{err}");
+    assert!(err.contains(":3:1: `checkin.interval_secs`"), "{err}");
+    assert!(err.contains(":4:1: `checkin.bogus`: unknown field"), "{err}");
+
+    // A public key file that is not a key stops `vigil run` with a clear message.
+    let key = dir.path().join("module.pub");
+    std::fs::write(&key, "not hex\n").unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[checkin]\nurl = \"http://127.0.0.1:9/v1/checkin\"\npublic_key_file = \"{}\"\n",
+            key.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(VIGIL)
+        .arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("public_key_file") && err.contains("module.pub"), "{err}");
+}

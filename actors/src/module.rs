@@ -633,6 +633,21 @@ mod tests {
     }
 
     #[test]
+    fn a_rollback_returns_to_the_previous_module() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Modules::load(dir.path(), "0.1.0");
+        let t = Instant::now();
+        m.switch(Installed { version: "2".into(), sha256: "a".into() }, t);
+        m.switch(Installed { version: "3".into(), sha256: "b".into() }, t);
+        assert_eq!(m.status().previous.as_deref(), Some("2"));
+        let rb = m.on_crash(t, 1, Duration::from_secs(10)).unwrap();
+        assert_eq!(rb.to.as_deref(), Some("2"));
+        assert_eq!(m.current_version(), "2");
+        assert_eq!(m.program().unwrap().0, executable(dir.path(), "2"));
+        assert_eq!(m.status().bad, ["3"]);
+    }
+
+    #[test]
     fn crashes_after_the_window_do_not_roll_back() {
         let dir = tempfile::tempdir().unwrap();
         let mut m = Modules::load(dir.path(), "0.1.0");
