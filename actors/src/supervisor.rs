@@ -587,6 +587,8 @@ impl Supervisor {
                 let program = program.display().to_string();
                 tracing::error!(program = %program, error = %e, "Cannot start the collector; will retry.");
                 self.spawn_error = Some(format!("{program}: {e}"));
+                // A new module that cannot even start counts towards its rollback.
+                self.check_rollback();
                 self.schedule_restart(ctx, Duration::ZERO);
             }
         }
