@@ -26,9 +26,15 @@ pub fn main() -> ExitCode {
             None
         }
     };
+    // Started as a check-in module, this executable was verified and installed as the version
+    // the supervisor names; its Hello reports that version (docs/checkins.md).
+    let version = std::env::var(vigil_actors::module::VERSION_ENV)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| vigil_actors::VERSION.to_string());
     let system = actix_rt::System::new();
     system.block_on(async {
-        ParentLink::new(vigil_actors::VERSION, fault).start();
+        ParentLink::new(version, fault).start();
     });
     let code = system.run_with_code().unwrap_or(1);
     tracing::info!(code, "Collector exiting.");

@@ -1,11 +1,13 @@
 //! `vigil`: parse the command line, load the config, run, map the outcome to an exit code
 //! (0 success, 78 invalid configuration, 1 any other fatal error).
 
+mod checkin_server;
 mod collector;
 mod config;
 mod crashes;
 mod daemon;
 mod http_client;
+mod keys;
 mod logging;
 mod metrics;
 mod once;
@@ -56,6 +58,10 @@ enum Command {
     /// A local ingest server for the native protocol: WebSocket at /v1/ingest, one JSON line
     /// per accepted batch in FILE.
     Receive(receive::Args),
+    /// Make an Ed25519 key pair for signing collector modules (PREFIX.key, PREFIX.pub).
+    Keygen(keys::KeygenArgs),
+    /// Sign a collector module: prints its manifest {version, url, sha256, signature}.
+    SignModule(keys::SignArgs),
     /// Validate the configuration; print every error with file, line and column.
     CheckConfig {
         /// Config file (default: $VIGIL_CONFIG, else /etc/vigil/vigil.toml if it exists).
@@ -74,6 +80,8 @@ fn main() -> ExitCode {
         Command::Crashes(args) => crashes::main(args),
         Command::Receive(args) => receive::main(args),
         Command::CheckConfig { config } => check_config(config),
+        Command::Keygen(args) => keys::keygen(args),
+        Command::SignModule(args) => keys::sign_module(args),
     }
 }
 

@@ -544,6 +544,7 @@ mod tests {
                     CrashCount { reason: "exited".into(), signal_name: None, code: Some(3), count: 1 },
                 ],
                 spawn_error: None,
+                module: vigil_actors::module::ModuleStatus::builtin("1.2.3"),
             },
             collectors: vec![CollectorEntry {
                 name: "dns".into(),
@@ -557,6 +558,7 @@ mod tests {
                 quarantined_until: None,
             }],
             uploads: vec![],
+            checkin: None,
         }
     }
 

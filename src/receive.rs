@@ -103,6 +103,10 @@ pub struct Args {
     /// PEM private key of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Also serve check-ins (POST /v1/checkin, GET /v1/modules/VERSION) from the files of
+    /// this directory (docs/checkins.md).
+    #[arg(long)]
+    checkin_dir: Option<PathBuf>,
 }
 
 pub fn main(args: Args) -> ExitCode {
@@ -139,7 +143,8 @@ fn server_tls(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let Args { listen, out, token_file, tls_cert, tls_key } = args;
+    let Args { listen, out, token_file, tls_cert, tls_key, checkin_dir } = args;
+    let checkin = checkin_dir.clone().map(|d| web::Data::new(crate::checkin_server::CheckinDir::new(d)));
     let tls = match (&tls_cert, &tls_key) {
         (Some(c), Some(k)) => Some(server_tls(c, k)?),
         _ => None,
@@ -159,10 +164,16 @@ fn run(args: Args) -> anyhow::Result<()> {
     let system = actix_rt::System::new();
     system.block_on(async move {
         let server = HttpServer::new(move || {
+            let checkin = checkin.clone();
             App::new()
                 .app_data(store.clone())
                 .app_data(token.clone())
                 .route("/v1/ingest", web::get().to(ingest))
+                .configure(|c| {
+                    if let Some(dir) = checkin {
+                        crate::checkin_server::routes(c, dir)
+                    }
+                })
         })
         .workers(1);
         let scheme = if tls.is_some() { "wss" } else { "ws" };
@@ -173,6 +184,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {listen}"))?;
         for a in server.addrs() {
             tracing::info!(addr = %a, "Receiving at {scheme}://{a}/v1/ingest.");
+            if let Some(d) = &checkin_dir {
+                let http = if scheme == "wss" { "https" } else { "http" };
+                tracing::info!(dir = %d.display(), "Check-ins at {http}://{a}/v1/checkin.");
+            }
         }
         server.run().await.context("server failed")
     })

@@ -124,6 +124,14 @@ fn run(
             Some(token)
         }
     };
+    let checkin_key = match cfg.checkin.url.as_str() {
+        "" => None,
+        _ => Some(
+            vigil_actors::module::PublicKey::read(std::path::Path::new(&cfg.checkin.public_key_file))
+                .map_err(anyhow::Error::msg)
+                .context("cannot read checkin.public_key_file")?,
+        ),
+    };
     let program =
         std::env::current_exe().context("cannot find the vigil executable to run as the collector")?;
     if args.daemon {
@@ -168,6 +176,8 @@ fn run(
         cfg.agent.hostname.clone()
     };
     let uploads = cfg.upload.clone();
+    let checkin = cfg.checkin.clone();
+    let base_collectors = cfg.collectors.clone();
     // A series not refreshed for three intervals has stopped (a container gone, a collector
     // quarantined or down); the floor allows for a round of slow collections at short intervals.
     let stale_after = (cfg.collectors.interval() * 3).max(std::time::Duration::from_secs(30));
@@ -178,9 +188,12 @@ fn run(
         // a fatal start-up error and must not leave a child behind.
         let mut settings = settings;
         let mut sinks = Vec::new();
-        if !uploads.is_empty() {
-            let agent_id = vigil_actors::protocol::agent_id(&settings.data_dir)
+        let mut agent_id = String::new();
+        if !uploads.is_empty() || checkin_key.is_some() {
+            agent_id = vigil_actors::protocol::agent_id(&settings.data_dir)
                 .with_context(|| format!("cannot read or create {}/agent_id", settings.data_dir.display()))?;
+        }
+        {
             for u in uploads {
                 let name = u.name.clone();
                 let up = Uploader::new(u, &settings.data_dir, agent_id.clone(), host.clone())
@@ -192,6 +205,19 @@ fn run(
         settings.sink_flush = sinks.iter().map(|a| a.clone().recipient()).collect();
         let ctx = actix::Context::<Supervisor>::new();
         let supervisor = ctx.address();
+        if let Some(public_key) = checkin_key {
+            vigil_actors::checkin::start(vigil_actors::checkin::CheckinSettings {
+                config: checkin,
+                public_key,
+                data_dir: settings.data_dir.clone(),
+                agent_id,
+                host: host.clone(),
+                version: vigil_actors::VERSION.to_string(),
+                base_collectors,
+                supervisor: supervisor.clone(),
+                sinks: sinks.iter().map(|a| a.clone().recipient()).collect(),
+            });
+        }
         if let Some((_handle, addr)) = crate::status::start(
             &listen,
             token,

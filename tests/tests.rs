@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod checkin;
 mod cli;
 mod collectors;
 mod inspect;

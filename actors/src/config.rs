@@ -18,6 +18,39 @@ pub struct Config {
     pub collectors: CollectorsConfig,
     /// `[[upload]]`: zero or more sinks; none means local only.
     pub upload: Vec<UploadConfig>,
+    pub checkin: CheckinConfig,
+}
+
+/// `[checkin]`: remote settings, upload tokens and collector modules (docs/checkins.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckinConfig {
+    /// `http://` or `https://` URL the check-ins are POSTed to; "" disables check-ins.
+    pub url: String,
+    /// Seconds between two check-ins (with jitter; failures back off further).
+    pub interval_secs: f64,
+    /// File holding the Ed25519 public key (64 hex digits) that module manifests must be
+    /// signed with; required when `url` is set.
+    pub public_key_file: String,
+    /// PEM file of CA certificates trusted for an `https://` URL, besides the system's.
+    pub ca_file: String,
+}
+
+impl Default for CheckinConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            interval_secs: 300.0,
+            public_key_file: String::new(),
+            ca_file: String::new(),
+        }
+    }
+}
+
+impl CheckinConfig {
+    pub fn interval(&self) -> Duration {
+        secs(self.interval_secs)
+    }
 }
 
 /// Which protocol a sink speaks.
@@ -325,6 +358,31 @@ impl Config {
             }
         }
         out.extend(self.collectors.validate());
+        let c = &self.checkin;
+        if !(c.interval_secs.is_finite() && c.interval_secs > 0.0 && c.interval_secs <= 1e7) {
+            out.push(ConfigProblem {
+                path: "checkin.interval_secs".into(),
+                message: format!(
+                    "must be a number of seconds above 0 and at most 10000000, got {}",
+                    c.interval_secs
+                ),
+            });
+        }
+        if !c.url.is_empty() {
+            if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
+                out.push(ConfigProblem {
+                    path: "checkin.url".into(),
+                    message: "must start with http:// or https://".into(),
+                });
+            }
+            if c.public_key_file.is_empty() {
+                out.push(ConfigProblem {
+                    path: "checkin.url".into(),
+                    message: "needs checkin.public_key_file: modules are only run when signed with that key"
+                        .into(),
+                });
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for (i, u) in self.upload.iter().enumerate() {
             let at = |k: &str| format!("upload.{i}.{k}");
@@ -415,6 +473,21 @@ mod tests {
             paths,
             ["supervisor.heartbeat_interval_secs", "supervisor.crash_loop_crashes", "status.listen"]
         );
+    }
+
+    #[test]
+    fn a_checkin_url_needs_a_public_key_and_http() {
+        let mut c = Config::default();
+        c.checkin.url = "ftp://x".into();
+        c.checkin.interval_secs = 0.0;
+        let paths: Vec<String> = c.validate().into_iter().map(|p| p.path).collect();
+        assert_eq!(paths, ["checkin.interval_secs", "checkin.url", "checkin.url"]);
+        c.checkin = CheckinConfig {
+            url: "http://127.0.0.1:9780/v1/checkin".into(),
+            public_key_file: "/etc/vigil/module.pub".into(),
+            ..CheckinConfig::default()
+        };
+        assert!(c.validate().is_empty());
     }
 
     #[test]

@@ -14,12 +14,17 @@
 //!     │     exit status ────────────────────────►┘ (ChildExited)
 //!     └─► Heartbeat ── SendToChild(Heartbeat) ─► ChildProcess
 //!           ◄── Ack (routed by the Supervisor); ── ChildUnresponsive / HeartbeatObserved ─► Supervisor
+//!
+//! Checkin (own Arbiter) ── GetCheckinInfo, ApplyCollectors, ModuleEvent, RecordChange ─► Supervisor
+//!                       └─ TokenChanged ─► Uploader(s)
 //! ```
 //!
 //! # Layout
 //!
 //! * [`ipc`]: the frame codec and the messages on the pipes (both processes).
-//! * [`supervisor`]: restart policy, crash reports, status snapshot.
+//! * [`supervisor`]: restart policy, crash reports, status snapshot; applies check-in changes.
+//! * [`checkin`]: the check-in actor (remote settings, upload token, module downloads).
+//! * [`module`]: signed collector modules: verification, installation, rollback bookkeeping.
 //! * [`child_process`]: spawning, pipe draining, exit status.
 //! * [`heartbeat`]: liveness of the child.
 //! * [`parent_link`]: the child's end of the pipes.
@@ -36,6 +41,7 @@
 //! * [`sd_notify`]: readiness and watchdog notifications to systemd.
 //! * [`spool`]: the durable, checksummed spool of one upload sink (upload itself: issue 4).
 
+pub mod checkin;
 pub mod child_process;
 pub mod collector;
 pub mod collectors;
@@ -44,6 +50,7 @@ pub mod crash_report;
 pub mod fault;
 pub mod heartbeat;
 pub mod ipc;
+pub mod module;
 pub mod parent_link;
 pub mod protocol;
 pub mod remote_write;

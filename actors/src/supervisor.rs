@@ -22,6 +22,19 @@
 //! `crash_loop_window_secs` make the state `crash_loop` instead of `backoff`: an operator
 //! signal, not a surrender, since the child keeps being restarted with delays that keep
 //! doubling to the cap.
+//!
+//! # Check-ins ([`updates`])
+//!
+//! New collector settings and new collector modules arrive from the check-in actor; both are
+//! applied by a *graceful restart* (stdin closed, `stop_grace_secs`, then SIGKILL; the exit is
+//! a requested one, not a crash, and the next incarnation starts at once). A new module is on
+//! probation: if it crash-loops within `crash_loop_window_secs` of the switch, the previous
+//! module comes back ([`crate::module::Modules::on_crash`]).
+
+mod updates;
+pub use updates::{
+    ApplyCollectors, CheckinInfo, CheckinReport, CheckinStatus, GetCheckinInfo, ModuleEvent, RecordChange,
+};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::OsString;
@@ -42,6 +55,7 @@ use crate::config::SupervisorConfig;
 use crate::crash_report::{self, CrashReport, LastExit};
 use crate::heartbeat::{Ack, ChildUnresponsive, Heartbeat, HeartbeatObserved, StopHeartbeat};
 use crate::ipc::{FromCollector, ToCollector};
+use crate::module::{Change, ModuleStatus, Modules};
 use crate::signals::signal_name;
 
 /// Lifecycle state of the collector as `/status` reports it.
@@ -181,6 +195,9 @@ pub struct StatusSnapshot {
     pub collector: CollectorStatus,
     pub collectors: Vec<CollectorEntry>,
     pub uploads: Vec<serde_json::Value>,
+    /// The last check-in and the last change it brought (absent when check-ins are off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkin: Option<CheckinStatus>,
 }
 
 /// One element of `/status` `collectors`.
@@ -247,6 +264,8 @@ pub struct CollectorStatus {
     /// Why the last attempt to start the collector failed, while it keeps failing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spawn_error: Option<String>,
+    /// The collector module that runs (CONTRACT §9).
+    pub module: ModuleStatus,
 }
 
 /// How many times the collector ended one way: `reason` (`signaled`, `exited` or
@@ -308,6 +327,9 @@ struct Current {
     kill_reason: Option<KillReason>,
     /// The collector between its CollectionBegin and CollectionEnd frames.
     in_flight: Option<String>,
+    /// Why it was asked to stop so that a new one replaces it (new settings or module):
+    /// its exit is not a crash and the next incarnation starts at once.
+    restart_for: Option<&'static str>,
 }
 
 pub struct Supervisor {
@@ -334,12 +356,20 @@ pub struct Supervisor {
     /// The incarnation whose first heartbeat ack systemd was told about (0: none yet, so
     /// `READY=1` is still due).
     notified_incarnation: u64,
+    /// Which collector module runs; the probation of a new one.
+    modules: Modules,
+    /// The outcome of the last change a check-in brought.
+    last_change: Option<Change>,
+    checkin: Option<CheckinStatus>,
 }
 
 impl Supervisor {
     pub fn new(settings: SupervisorSettings) -> Self {
         Self {
             policy: RestartPolicy::new(&settings.config),
+            modules: Modules::load(&settings.data_dir, &settings.version),
+            last_change: None,
+            checkin: None,
             settings,
             started: Instant::now(),
             state: State::Starting,
@@ -513,8 +543,13 @@ impl Supervisor {
         self.rtt = None;
         let mut env = self.settings.env.clone();
         env.push(("VIGIL_INCARNATION".into(), incarnation.to_string().into()));
+        let mut program = self.settings.program.clone();
+        if let Some((path, (k, v))) = self.modules.program() {
+            program = path;
+            env.push((k.into(), v.into()));
+        }
         let spec = SpawnSpec {
-            program: self.settings.program.clone(),
+            program: program.clone(),
             args: self.settings.args.clone(),
             env,
             incarnation,
@@ -545,7 +580,12 @@ impl Supervisor {
                     me.recipient(),
                 )
                 .start();
-                tracing::info!(pid, incarnation = self.incarnation, "Collector spawned.");
+                tracing::info!(
+                    pid,
+                    incarnation = self.incarnation,
+                    module = self.modules.current_version(),
+                    "Collector spawned."
+                );
                 self.current = Some(Current {
                     addr,
                     heartbeat,
@@ -553,12 +593,15 @@ impl Supervisor {
                     incarnation: self.incarnation,
                     kill_reason: None,
                     in_flight: None,
+                    restart_for: None,
                 });
             }
             Err(e) => {
-                let program = self.settings.program.display().to_string();
+                let program = program.display().to_string();
                 tracing::error!(program = %program, error = %e, "Cannot start the collector; will retry.");
                 self.spawn_error = Some(format!("{program}: {e}"));
+                // A new module that cannot even start counts towards its rollback.
+                self.check_rollback();
                 self.schedule_restart(ctx, Duration::ZERO);
             }
         }
@@ -644,9 +687,14 @@ impl Supervisor {
                     })
                     .collect(),
                 spawn_error: self.spawn_error.clone(),
+                module: self.modules.status(),
             },
             collectors: self.collector_entries(),
             uploads: Vec::new(),
+            checkin: self
+                .checkin
+                .clone()
+                .map(|c| CheckinStatus { last_change: self.last_change.clone(), ..c }),
         }
     }
 }
@@ -682,6 +730,7 @@ impl Handler<ChildMessage> for Supervisor {
                     self.state = State::Running;
                 }
                 tracing::info!(pid, version = %version, incarnation = m.incarnation, "Collector is running.");
+                self.on_hello(&version);
             }
             FromCollector::HeartbeatAck { seq } => cur.heartbeat.do_send(Ack { seq, received: m.received }),
             FromCollector::CollectionBegin { collector } => cur.in_flight = Some(collector),
@@ -740,7 +789,7 @@ impl Handler<ChildStdoutClosed> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, m: ChildStdoutClosed, _: &mut Context<Self>) {
-        if !self.is_current(m.incarnation) || self.state == State::Stopping {
+        if !self.is_current(m.incarnation) || self.state == State::Stopping || self.restarting() {
             return;
         }
         tracing::warn!(
@@ -760,7 +809,9 @@ impl Handler<ChildExited> for Supervisor {
             return;
         };
         cur.heartbeat.do_send(StopHeartbeat);
-        let stopping = self.state == State::Stopping;
+        // A requested restart (new settings or module) ends like a stop, not like a crash.
+        let restart_for = cur.restart_for.filter(|_| self.state != State::Stopping);
+        let stopping = self.state == State::Stopping || restart_for.is_some();
         let exit = ev.exit;
         let reason = match (stopping, cur.kill_reason) {
             (true, _) | (_, Some(KillReason::StopGraceExpired | KillReason::SecondStopSignal)) => "stopped",
@@ -870,9 +921,13 @@ impl Handler<ChildExited> for Supervisor {
             tracing::info!(pid = ev.pid, "Collector stopped ({how}).");
         }
         self.last_exit = Some(last);
-        if stopping {
+        if let Some(why) = restart_for {
+            tracing::info!(reason = why, "Starting the collector again ({why}).");
+            self.spawn_child(ctx);
+        } else if stopping {
             self.finish_stop();
         } else {
+            self.check_rollback();
             self.schedule_restart(ctx, ev.uptime);
         }
     }
@@ -1026,9 +1081,11 @@ mod tests {
                     detail: None,
                 }),
                 spawn_error: None,
+                module: ModuleStatus::builtin("v"),
             },
             collectors: vec![],
             uploads: vec![],
+            checkin: None,
         };
         assert_eq!(
             snap.health().unwrap_err(),

@@ -97,6 +97,10 @@ pub struct Uploader {
     generation: u64,
     /// DATA_DIR/crashes: reports go out with the next batch.
     crash_dir: std::path::PathBuf,
+    /// DATA_DIR, where a check-in may have stored an upload token (it wins over token_file).
+    data_dir: std::path::PathBuf,
+    /// A new token arrived while a connection was being made: make another one with it.
+    reconnect: bool,
     /// File holding the newest crash report ID already put into a spooled batch.
     crash_marker: std::path::PathBuf,
     /// remote_write: a request is on its way / a retry is scheduled.
@@ -146,6 +150,8 @@ impl Uploader {
             last_error: None,
             generation: 0,
             crash_dir: data_dir.join("crashes"),
+            data_dir: data_dir.to_path_buf(),
+            reconnect: false,
             crash_marker: spool_dir.join("crash_reports_sent"),
             http_busy: false,
             http_ok: false,
@@ -345,7 +351,12 @@ impl Uploader {
         }
     }
 
+    /// The bearer token: the one a check-in stored, else the sink's `token_file`. Read at
+    /// every connection attempt and request, so a new one is used from then on.
     fn token(&mut self) -> Option<String> {
+        if let Some(t) = crate::checkin::stored_token(&self.data_dir) {
+            return Some(t);
+        }
         match self.cfg.token_file.as_str() {
             "" => None,
             f => match std::fs::read_to_string(f) {
@@ -379,6 +390,11 @@ impl Uploader {
         };
         ctx.spawn(fut.into_actor(self).map(move |res, this, ctx| {
             this.connecting = false;
+            if std::mem::take(&mut this.reconnect) {
+                // Made with the old token: connect again with the new one.
+                this.backoff = BACKOFF_MIN;
+                return this.connect(ctx);
+            }
             match res {
                 Ok(framed) => {
                     tracing::info!(sink = %this.cfg.name, url = %this.cfg.url, "Upload connection established.");
@@ -582,6 +598,27 @@ impl Handler<Conn> for Uploader {
                 }
             }
         }
+    }
+}
+
+impl Handler<crate::checkin::TokenChanged> for Uploader {
+    type Result = ();
+
+    fn handle(&mut self, _: crate::checkin::TokenChanged, ctx: &mut Context<Self>) {
+        tracing::info!(sink = %self.cfg.name, "New upload token; reconnecting with it.");
+        self.backoff = BACKOFF_MIN;
+        if self.cfg.kind == SinkType::RemoteWrite {
+            return; // read at every request
+        }
+        if self.connecting {
+            self.reconnect = true;
+            return;
+        }
+        // Events of the old connection are ignored from here on; what it had in flight is
+        // sent again on the new one.
+        self.generation += 1;
+        self.conn = None;
+        self.connect(ctx);
     }
 }
 
