@@ -87,11 +87,10 @@ fn run(
     let abs = |p: &Path| cwd.join(p);
     let log_file = log_file.map(|p| abs(&p));
     let pidfile = args.pidfile.as_deref().map(abs);
-    for u in &mut cfg.upload {
-        for f in [&mut u.token_file, &mut u.ca_file] {
-            if !f.is_empty() {
-                *f = abs(Path::new(f)).to_string_lossy().into_owned();
-            }
+    let files = cfg.upload.iter_mut().flat_map(|u| [&mut u.token_file, &mut u.ca_file]);
+    for f in files.chain([&mut cfg.checkin.ca_file, &mut cfg.checkin.public_key_file]) {
+        if !f.is_empty() {
+            *f = abs(Path::new(f)).to_string_lossy().into_owned();
         }
     }
     let previous = match &pidfile {

@@ -24,7 +24,7 @@ impl Server {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("checkin");
         std::fs::create_dir_all(dir.join("modules")).unwrap();
-        run_ok(Command::new(VIGIL).arg("keygen").arg("--out").arg(tmp.path().join("signer")));
+        run_ok(Command::new(vigil()).arg("keygen").arg("--out").arg(tmp.path().join("signer")));
         let mut args = vec!["--checkin-dir".to_string(), dir.display().to_string()];
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -69,7 +69,7 @@ impl Server {
 
     fn sign(&self, file: &Path, version: &str, key: &str) -> Value {
         let out = run_ok(
-            Command::new(VIGIL)
+            Command::new(vigil())
                 .arg("sign-module")
                 .arg(file)
                 .arg("--key")
@@ -137,7 +137,7 @@ fn keygen_and_sign_module_make_a_manifest_over_version_and_sha256() {
     let mode = std::fs::metadata(s.key("signer.key")).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     // Keys are never overwritten.
-    let again = Command::new(VIGIL).arg("keygen").arg("--out").arg(s.key("signer")).output().unwrap();
+    let again = Command::new(vigil()).arg("keygen").arg("--out").arg(s.key("signer")).output().unwrap();
     assert!(!again.status.success());
     assert_eq!(std::fs::read_to_string(s.key("signer.pub")).unwrap(), text);
 
@@ -223,7 +223,7 @@ fn a_signed_module_is_adopted_and_its_hello_reports_its_version() {
     let s = Server::start(&[]);
     let agent = Agent::start(&s.config("", ""), &[]);
     agent.wait_running(1, T);
-    s.offer_module("2.0.0-test", &std::fs::read(VIGIL).unwrap(), "signer");
+    s.offer_module("2.0.0-test", &std::fs::read(vigil()).unwrap(), "signer");
     let st = agent.wait_status(T, "module 2.0.0-test running", |st| {
         let m = &st["collector"]["module"];
         m["version"] == "2.0.0-test"
@@ -259,7 +259,7 @@ fn a_signed_module_is_adopted_and_its_hello_reports_its_version() {
 #[test]
 fn tampered_modules_are_rejected_and_never_run() {
     let s = Server::start(&[]);
-    run_ok(Command::new(VIGIL).arg("keygen").arg("--out").arg(s.key("intruder")));
+    run_ok(Command::new(vigil()).arg("keygen").arg("--out").arg(s.key("intruder")));
     let agent = Agent::start(&s.config("", ""), &[]);
     agent.wait_running(1, T);
     let marker = s.tmp.path().join("module-ran");
@@ -350,7 +350,7 @@ fn a_checkin_url_without_a_public_key_is_a_config_error_with_its_position() {
         "[checkin]\nurl = \"http://127.0.0.1:9780/v1/checkin\"\ninterval_secs = 0\nbogus = 1\n",
     )
     .unwrap();
-    let out = Command::new(VIGIL).arg("check-config").arg("--config").arg(&cfg).output().unwrap();
+    let out = Command::new(vigil()).arg("check-config").arg("--config").arg(&cfg).output().unwrap();
     assert_eq!(out.status.code(), Some(78));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(":2:1: `checkin.url`: needs checkin.public_key_file"), "{err}");
@@ -368,7 +368,7 @@ fn a_checkin_url_without_a_public_key_is_a_config_error_with_its_position() {
         ),
     )
     .unwrap();
-    let out = Command::new(VIGIL)
+    let out = Command::new(vigil())
         .arg("run")
         .arg("--config")
         .arg(&cfg)

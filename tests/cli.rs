@@ -15,7 +15,7 @@ fn fixtures(kind: &str) -> Vec<PathBuf> {
 }
 
 fn check_config(path: &Path) -> (Option<i32>, String) {
-    let out = Command::new(VIGIL).arg("check-config").arg("--config").arg(path).output().unwrap();
+    let out = Command::new(vigil()).arg("check-config").arg("--config").arg(path).output().unwrap();
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
@@ -41,7 +41,7 @@ fn invalid_configs_exit_78_and_name_every_error_by_line_and_column() {
         }
         // `vigil run` refuses the same file with the same code, before starting anything.
         let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(VIGIL)
+        let out = Command::new(vigil())
             .args(["run", "--config"])
             .arg(&f)
             .arg("--data-dir")
@@ -73,7 +73,7 @@ fn missing_config_file_is_a_config_error() {
 fn run_with_no_config_file_uses_built_in_defaults() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
-    let mut child = Command::new(VIGIL)
+    let mut child = Command::new(vigil())
         .arg("run")
         .arg("--data-dir")
         .arg(dir.path().join("data"))
@@ -117,7 +117,7 @@ fn collector_refuses_a_terminal() {
     assert_eq!(rc, 0, "openpty");
     // SAFETY: `slave` is a fresh fd we own.
     let tty = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(slave) };
-    let out = Command::new(VIGIL).arg("collector").stdin(tty).output().unwrap();
+    let out = Command::new(vigil()).arg("collector").stdin(tty).output().unwrap();
     unsafe { libc::close(master) };
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("stdin is a terminal"));
@@ -125,7 +125,7 @@ fn collector_refuses_a_terminal() {
 
 #[test]
 fn version_flag() {
-    let out = Command::new(VIGIL).arg("--version").output().unwrap();
+    let out = Command::new(vigil()).arg("--version").output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("vigil "));
 }
@@ -135,7 +135,7 @@ fn once_prints_every_enabled_collector_as_json_and_as_a_table() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("vigil.toml");
     std::fs::write(&cfg, "[agent]\ntags = { dc = \"t1\" }\n").unwrap();
-    let out = Command::new(VIGIL).args(["once", "--json", "--config"]).arg(&cfg).output().unwrap();
+    let out = Command::new(vigil()).args(["once", "--json", "--config"]).arg(&cfg).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let arr: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     let arr = arr.as_array().unwrap();
@@ -145,7 +145,7 @@ fn once_prints_every_enabled_collector_as_json_and_as_a_table() {
     for s in arr {
         assert!(s["name"].is_string() && s["tags"].is_object() && s["value"].is_number(), "{s}");
     }
-    let out = Command::new(VIGIL).args(["once", "--config"]).arg(&cfg).output().unwrap();
+    let out = Command::new(vigil()).args(["once", "--config"]).arg(&cfg).output().unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.lines().next().unwrap().starts_with("COLLECTOR"), "{table}");
     assert!(table.lines().any(|l| l.contains("load_15")), "{table}");

@@ -9,7 +9,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub const VIGIL: &str = env!("CARGO_BIN_EXE_vigil");
+/// The binary under test: `$VIGIL_BIN` when set (e.g. the static build of
+/// scripts/build-static), else the one cargo built for these tests.
+pub fn vigil() -> &'static str {
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| match std::env::var("VIGIL_BIN") {
+        Ok(p) if !p.is_empty() => p,
+        _ => env!("CARGO_BIN_EXE_vigil").to_string(),
+    })
+}
 
 /// Fast supervision settings for tests; `overrides` are `key = value` lines for
 /// `[supervisor]` that replace (or add to) the fast defaults.
@@ -62,7 +70,7 @@ impl Agent {
         let cfg = dir.path().join("vigil.toml");
         std::fs::write(&cfg, config).unwrap();
         let log = dir.path().join("vigil.log");
-        let mut cmd = Command::new(VIGIL);
+        let mut cmd = Command::new(vigil());
         cmd.arg("run")
             .arg("--config")
             .arg(&cfg)

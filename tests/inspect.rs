@@ -15,7 +15,7 @@ const T: Duration = Duration::from_secs(15);
 
 /// `vigil ARGS` with no config from the environment.
 fn vigil(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(VIGIL);
+    let mut cmd = Command::new(crate::harness::vigil());
     cmd.args(args).env_remove("VIGIL_CONFIG");
     for (k, v) in env {
         cmd.env(k, v);

@@ -64,7 +64,7 @@ fn run_daemon(dir: &Path, config: &str, extra: &[&str]) -> Output {
     std::fs::create_dir_all(dir.join("run")).unwrap();
     std::fs::write(dir.join("vigil.toml"), config).unwrap();
     // Relative paths on purpose: the daemon works in / and must have resolved them.
-    Command::new(VIGIL)
+    Command::new(vigil())
         .current_dir(dir)
         .args(["run", "--daemon", "--pidfile", "run/vigil.pid", "--config", "vigil.toml"])
         .args(["--data-dir", "data"])
@@ -192,7 +192,7 @@ fn pidfile_in_the_foreground() {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("vigil.pid");
     std::fs::write(dir.path().join("vigil.toml"), fast_config("")).unwrap();
-    let mut child = Command::new(VIGIL)
+    let mut child = Command::new(vigil())
         .args(["run", "--config"])
         .arg(dir.path().join("vigil.toml"))
         .arg("--data-dir")
@@ -247,7 +247,7 @@ fn json_log_lines_parse_and_keep_the_collector_output() {
     let cfg = dir.path().join("vigil.toml");
     std::fs::write(&cfg, format!("[agent]\nlog_format = \"json\"\n{}", fast_config(""))).unwrap();
     let log = dir.path().join("vigil.log");
-    let mut child = Command::new(VIGIL)
+    let mut child = Command::new(vigil())
         .args(["run", "--config"])
         .arg(&cfg)
         .arg("--data-dir")
@@ -390,7 +390,7 @@ fn systemd_unit_passes_systemd_analyze_verify() {
     // verify also checks that ExecStart exists: point it at the binary under test.
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("vigil.service");
-    std::fs::write(&copy, unit.replace("/usr/local/bin/vigil", VIGIL)).unwrap();
+    std::fs::write(&copy, unit.replace("/usr/local/bin/vigil", vigil())).unwrap();
     let out = Command::new(analyze).arg("verify").arg(&copy).output().unwrap();
     let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "systemd-analyze verify failed:\n{said}");

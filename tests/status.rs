@@ -61,7 +61,7 @@ fn an_empty_token_file_is_refused() {
     let cfg = dir.path().join("vigil.toml");
     std::fs::write(&cfg, format!("[status]\nlisten = \"0.0.0.0:0\"\ntoken_file = \"{}\"\n", token.display()))
         .unwrap();
-    let out = std::process::Command::new(VIGIL)
+    let out = std::process::Command::new(vigil())
         .args(["run", "--config"])
         .arg(&cfg)
         .arg("--data-dir")
@@ -80,7 +80,7 @@ fn unix_socket_listener_is_private_and_never_replaces_a_file() {
         fast_config("").replace("listen = \"127.0.0.1:0\"", &format!("listen = \"unix:{}\"", sock.display()));
     let cfg_path = dir.path().join("vigil.toml");
     std::fs::write(&cfg_path, &cfg).unwrap();
-    let mut child = std::process::Command::new(VIGIL)
+    let mut child = std::process::Command::new(vigil())
         .args(["run", "--config"])
         .arg(&cfg_path)
         .arg("--data-dir")
@@ -101,7 +101,7 @@ fn unix_socket_listener_is_private_and_never_replaces_a_file() {
     // A regular file at the socket path is an error, and survives.
     let _ = std::fs::remove_file(&sock);
     std::fs::write(&sock, "precious").unwrap();
-    let out = std::process::Command::new(VIGIL)
+    let out = std::process::Command::new(vigil())
         .args(["run", "--config"])
         .arg(&cfg_path)
         .arg("--data-dir")

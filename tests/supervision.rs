@@ -313,3 +313,16 @@ fn the_first_incarnation_sees_vigil_incarnation_1() {
     assert_eq!(s["collector"]["incarnation"], 2);
     assert_eq!(s["collector"]["last_exit"]["code"], 7);
 }
+
+#[test]
+fn supervisor_and_collector_run_the_binary_under_test() {
+    // With VIGIL_BIN (scripts/test sets it to the static build) these tests must exercise
+    // that binary in both processes, not the one cargo built.
+    let agent = Agent::start(&fast_config(""), &[]);
+    let s = agent.wait_running(1, T);
+    let want = std::fs::canonicalize(vigil()).unwrap();
+    let child = s["collector"]["pid"].as_i64().unwrap();
+    for pid in [agent.pid() as i64, child] {
+        assert_eq!(std::fs::read_link(format!("/proc/{pid}/exe")).unwrap(), want, "pid {pid}");
+    }
+}

@@ -25,7 +25,7 @@ impl Receiver {
 
     pub fn start_with(listen: &str, out: &Path, log: &Path, extra: &[&str]) -> Receiver {
         let logf = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        let child = Command::new(VIGIL)
+        let child = Command::new(vigil())
             .args(["receive", "--listen", listen, "--out"])
             .arg(out)
             .args(extra)
