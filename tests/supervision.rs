@@ -237,24 +237,27 @@ fn thirty_crash_cycles_leak_no_fds_and_leave_no_zombies() {
     let cfg = fast_config(
         "restart_initial_delay_ms = 10\nrestart_max_delay_secs = 0.05\ncrash_loop_crashes = 1000",
     );
-    let agent = Agent::start(&cfg, &[("VIGIL_FAULT", "exit:1@0.02")]);
-    agent.wait_status(T, "3 incarnations", |s| s["collector"]["incarnation"].as_u64() >= Some(3));
-    // The count moves by a few while a child is being replaced: compare the peaks of short
-    // sampling windows (a leak of one fd per cycle would add 30).
-    let peak = |pid: i32| {
-        (0..20)
-            .map(|_| {
-                std::thread::sleep(Duration::from_millis(10));
-                fd_count(pid)
-            })
-            .max()
-            .unwrap()
+    // Incarnations 1..=33 exit 0.25 s after start; the 34th runs on.
+    let agent = Agent::start(&cfg, &[("VIGIL_FAULT", "exit:1@0.25x33")]);
+    // The supervisor's fds while a collector has been running for a while (its pipes and
+    // pidfd open, the previous one's all closed): sampled mid-life of an incarnation and
+    // kept only if that incarnation is still the running one afterwards, so a replacement
+    // in progress is never counted. A leak of one fd per cycle would add 30.
+    let steady_fds = |at_least: u64| loop {
+        let s = agent.wait_status(Duration::from_secs(60), "a running incarnation", |s| {
+            s["collector"]["state"] == "running" && s["collector"]["incarnation"].as_u64() >= Some(at_least)
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let n = fd_count(agent.pid());
+        let again = agent.status();
+        if again["collector"]["state"] == "running"
+            && again["collector"]["incarnation"] == s["collector"]["incarnation"]
+        {
+            return n;
+        }
     };
-    let before = peak(agent.pid());
-    agent.wait_status(Duration::from_secs(60), "33 incarnations", |s| {
-        s["collector"]["incarnation"].as_u64() >= Some(33)
-    });
-    let after = peak(agent.pid());
+    let before = steady_fds(3);
+    let after = steady_fds(34);
     assert!(after <= before, "fds grew from {before} to {after} over 30 crash cycles");
     // A child that exited a moment ago is a zombie until it is reaped (microseconds later):
     // only a zombie that is still there a second later is a leak.
