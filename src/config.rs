@@ -88,6 +88,19 @@ impl fmt::Display for LoadError {
 impl std::error::Error for LoadError {}
 
 /// Reads and validates the config from `source`.
+/// The lookup and load every command starts with: on a configuration error, prints every
+/// problem to stderr and gives the exit code for it (78).
+pub fn load_or_exit(cli: Option<&Path>) -> Result<(Source, Config), std::process::ExitCode> {
+    let source = lookup(cli);
+    match load(&source) {
+        Ok(c) => Ok((source, c)),
+        Err(e) => {
+            eprintln!("{e}");
+            Err(std::process::ExitCode::from(crate::EXIT_CONFIG))
+        }
+    }
+}
+
 pub fn load(source: &Source) -> Result<Config, LoadError> {
     match source {
         Source::BuiltIn => {

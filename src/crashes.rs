@@ -158,13 +158,9 @@ enum Action {
 }
 
 pub fn main(args: Args) -> ExitCode {
-    let source = config::lookup(args.config.as_deref());
-    let cfg = match config::load(&source) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(crate::EXIT_CONFIG);
-        }
+    let (_, cfg) = match config::load_or_exit(args.config.as_deref()) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
     };
     let dir = config::data_dir(args.data_dir.as_deref(), &cfg).join("crashes");
     let mut out = std::io::stdout().lock();

@@ -86,15 +86,11 @@ fn main() -> ExitCode {
 }
 
 fn check_config(path: Option<PathBuf>) -> ExitCode {
-    let source = config::lookup(path.as_deref());
-    match config::load(&source) {
-        Ok(_) => {
+    match config::load_or_exit(path.as_deref()) {
+        Ok((source, _)) => {
             println!("{source}: ok");
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::from(EXIT_CONFIG)
-        }
+        Err(code) => code,
     }
 }

@@ -12,13 +12,9 @@ use vigil_actors::collector::{Env, Sample};
 use crate::config;
 
 pub fn main(config_path: Option<PathBuf>, json: bool) -> ExitCode {
-    let source = config::lookup(config_path.as_deref());
-    let cfg = match config::load(&source) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(crate::EXIT_CONFIG);
-        }
+    let (_, cfg) = match config::load_or_exit(config_path.as_deref()) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
     };
     crate::logging::init_stderr("warn");
     let system = actix_rt::System::new();

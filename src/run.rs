@@ -41,13 +41,9 @@ pub struct RunArgs {
 }
 
 pub fn main(args: RunArgs) -> ExitCode {
-    let source = config::lookup(args.config.as_deref());
-    let cfg = match config::load(&source) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(crate::EXIT_CONFIG);
-        }
+    let (source, cfg) = match config::load_or_exit(args.config.as_deref()) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
     };
     let log_file = args
         .log_file
@@ -131,8 +127,13 @@ fn run(
                 .context("cannot read checkin.public_key_file")?,
         ),
     };
-    let program =
-        std::env::current_exe().context("cannot find the vigil executable to run as the collector")?;
+    // The built-in collector is this very executable, through /proc/self/exe: it names the
+    // file this process was started from even after an upgrade replaced (or deleted) the one
+    // at our path, so supervisor and collector stay the same version until a restart.
+    let program = match Path::new("/proc/self/exe") {
+        p if p.exists() => p.to_path_buf(),
+        _ => std::env::current_exe().context("cannot find the vigil executable to run as the collector")?,
+    };
     if args.daemon {
         let log_path = log.as_ref().map_or(Path::new("the log"), |l| l.path());
         *readiness = Some(daemon::detach(log_path)?);

@@ -39,13 +39,9 @@ pub struct Args {
 }
 
 pub fn main(args: Args) -> ExitCode {
-    let source = config::lookup(args.config.as_deref());
-    let cfg = match config::load(&source) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(crate::EXIT_CONFIG);
-        }
+    let (_, cfg) = match config::load_or_exit(args.config.as_deref()) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
     };
     match run(&args, &cfg) {
         Ok(code) => code,

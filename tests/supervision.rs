@@ -329,3 +329,45 @@ fn supervisor_and_collector_run_the_binary_under_test() {
         assert_eq!(std::fs::read_link(format!("/proc/{pid}/exe")).unwrap(), want, "pid {pid}");
     }
 }
+
+#[test]
+fn an_upgrade_on_disk_does_not_change_the_running_collector() {
+    // Until the agent restarts, a collector restart runs the file the supervisor was
+    // started from, even after the file at its path was replaced.
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("vigil");
+    std::fs::copy(vigil(), &bin).unwrap();
+    let cfg = fast_config("restart_initial_delay_ms = 10");
+    let cfg_path = dir.path().join("vigil.toml");
+    std::fs::write(
+        &cfg_path,
+        format!("{cfg}\n[agent]\ndata_dir = \"{}\"\n", dir.path().join("data").display()),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    let mut child = std::process::Command::new(&bin)
+        .args(["run", "--config"])
+        .arg(&cfg_path)
+        .env("VIGIL_FAULT", "exit:3@0.3x1")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    // Replace the binary the way `install` does: a new file (here a script) at the path.
+    std::fs::remove_file(&bin).unwrap();
+    std::fs::write(&bin, "#!/bin/sh\nexit 9\n").unwrap();
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let t0 = std::time::Instant::now();
+    let second = loop {
+        let text = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+        if text.lines().any(|l| l.contains("Collector is running.") && l.contains("incarnation=2")) {
+            break text;
+        }
+        assert!(t0.elapsed() < T, "no second incarnation:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!second.contains("code=9"), "the replaced file ran as the collector:\n{second}");
+}

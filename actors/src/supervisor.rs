@@ -46,8 +46,7 @@ use rand::Rng;
 use serde::Serialize;
 
 use crate::child_process::{
-    ChildEvents, ChildExited, ChildMessage, ChildProcess, ChildStdoutClosed, CloseStdin, Kill, SendToChild,
-    SpawnSpec,
+    ChildEvents, ChildExited, ChildMessage, ChildProcess, ChildStdoutClosed, Kill, SendToChild, SpawnSpec,
 };
 use crate::collector::Sample;
 use crate::collectors::{CollectorsConfig, NAMES};
@@ -962,15 +961,7 @@ impl Handler<Shutdown> for Supervisor {
             grace_secs = grace.as_secs_f64(),
             "Stopping: closed the collector's stdin; it gets stop_grace_secs to exit before SIGKILL."
         );
-        cur.heartbeat.do_send(StopHeartbeat);
-        cur.addr.do_send(CloseStdin);
-        let inc = cur.incarnation;
-        ctx.run_later(grace, move |this, _| {
-            if this.is_current(inc) {
-                tracing::warn!("Collector did not exit within stop_grace_secs; killing it (SIGKILL).");
-                this.kill_current(KillReason::StopGraceExpired);
-            }
-        });
+        self.close_current(grace, ctx);
     }
 }
 

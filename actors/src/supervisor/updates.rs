@@ -2,7 +2,7 @@
 //! the changes a check-in brought (collector settings, a verified module, outcomes to report).
 //! Settings and modules are applied by a graceful restart of the collector.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use serde::Serialize;
@@ -100,6 +100,13 @@ impl Supervisor {
         }
         tracing::info!(reason = why, pid = cur.pid, "Restarting the collector gracefully ({why}).");
         cur.restart_for = Some(why);
+        self.close_current(grace, ctx);
+    }
+
+    /// Asks the current collector to exit (heartbeats stop, its stdin is closed) and kills
+    /// it if it is still the current one after `grace`.
+    pub(super) fn close_current(&mut self, grace: Duration, ctx: &mut Context<Self>) {
+        let Some(cur) = &self.current else { return };
         cur.heartbeat.do_send(StopHeartbeat);
         cur.addr.do_send(CloseStdin);
         let inc = cur.incarnation;
