@@ -149,9 +149,19 @@ fn exchange<S: Read + Write + Timeouts>(
     s.timeouts(timeout).map_err(RequestError::Exchange)?;
     s.write_all(request.as_bytes()).map_err(RequestError::Exchange)?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(RequestError::Exchange)?;
+    // A status answer is a few KiB; more than this is not an agent speaking.
+    let n = s.take(MAX_RESPONSE + 1).read_to_end(&mut raw).map_err(RequestError::Exchange)?;
+    if n as u64 > MAX_RESPONSE {
+        return Err(RequestError::Exchange(std::io::Error::other(format!(
+            "answer larger than {} MiB",
+            MAX_RESPONSE >> 20
+        ))));
+    }
     Ok(raw)
 }
+
+/// The largest answer read, in bytes.
+const MAX_RESPONSE: u64 = 64 << 20;
 
 /// Parses a complete HTTP/1.x answer (read to EOF).
 pub fn parse_response(raw: &[u8]) -> Result<Response, String> {
@@ -197,7 +207,7 @@ fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
         if size == 0 {
             return Ok(body);
         }
-        if rest.len() < size + 2 {
+        if size.checked_add(2).is_none_or(|need| rest.len() < need) {
             return Err("chunk cut short".into());
         }
         body.extend_from_slice(&rest[..size]);
@@ -240,5 +250,14 @@ mod tests {
         assert!(parse_response(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort").is_err());
         assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err());
+    }
+
+    #[test]
+    fn hostile_chunk_sizes_are_errors_not_panics() {
+        let huge =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nab\r\n0\r\n\r\n";
+        assert!(parse_response(huge).is_err());
+        let big = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffe\r\nab";
+        assert!(parse_response(big).is_err());
     }
 }

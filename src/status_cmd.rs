@@ -156,6 +156,20 @@ pub fn assess(s: &Value) -> Verdict {
             _ => {}
         }
     }
+    let m = &c["module"];
+    match m["state"].as_str() {
+        Some(st @ ("rejected" | "rolled_back")) => v.warnings.push(format!(
+            "module {} was {}: {}",
+            m["candidate"].as_str().unwrap_or("?"),
+            st.replace('_', " "),
+            m["error"].as_str().unwrap_or("?")
+        )),
+        _ => {}
+    }
+    let ck = &s["checkin"];
+    if let (Some(n @ 1..), Some(err)) = (ck["consecutive_failures"].as_u64(), ck["last_error"].as_str()) {
+        v.warnings.push(format!("check-ins are failing ({n} in a row): {err}"));
+    }
     for sink in s["uploads"].as_array().into_iter().flatten() {
         let name = sink["name"].as_str().unwrap_or("?");
         let backlog = sink["spooled_batches"].as_u64().unwrap_or(0);
@@ -244,6 +258,35 @@ pub fn render(s: &Value, target: &Target, verdict: &Verdict) -> String {
     }
     if let Some(e) = c["spawn_error"].as_str() {
         line("spawn error", e.to_string());
+    }
+    let m = &c["module"];
+    if m.is_object() {
+        let what = if m["builtin"].as_bool() == Some(true) { "built-in" } else { "signed module" };
+        let mut text = format!("{} ({what}), {}", or_dash(&m["version"]), or_dash(&m["state"]));
+        if let Some(v) = m["candidate"].as_str() {
+            text.push_str(&format!(" {v}"));
+        }
+        if let Some(bad) = m["bad"].as_array().filter(|b| !b.is_empty()) {
+            let bad: Vec<String> = bad.iter().map(or_dash).collect();
+            text.push_str(&format!("; never again: {}", bad.join(", ")));
+        }
+        line("module", text);
+    }
+    let ck = &s["checkin"];
+    if ck.is_object() {
+        let mut text = format!("last ok {}", ck["last_ok_at"].as_str().unwrap_or("never"));
+        if let Some(err) = ck["last_error"].as_str() {
+            text.push_str(&format!(", failing: {err}"));
+        }
+        if let Some(ch) = ck["last_change"].as_object() {
+            text.push_str(&format!(
+                "; last change {} {} {}",
+                ch.get("kind").map(or_dash).unwrap_or_default(),
+                ch.get("id").map(or_dash).unwrap_or_default(),
+                ch.get("outcome").map(or_dash).unwrap_or_default()
+            ));
+        }
+        line("check-in", text);
     }
     let hb = &c["heartbeat"];
     let ack = hb["last_ack_ms_ago"].as_u64().map_or("never".into(), |ms| format!("{} ago", human_ms(ms)));
@@ -433,6 +476,34 @@ mod tests {
         }
         let dns = text.lines().find(|l| l.trim_start().starts_with("dns ")).unwrap();
         assert!(dns.contains("error") && dns.ends_with("timeout"), "{dns}");
+    }
+
+    #[test]
+    fn module_and_checkin_trouble_is_shown_and_warned_about() {
+        let mut s = status("running");
+        s["collector"]["module"] = json!({"version": "1.0", "builtin": false, "state": "rolled_back",
+            "candidate": "2.0", "error": "crash loop after the switch", "bad": ["2.0"]});
+        s["checkin"] = json!({"url": "http://127.0.0.1:1/v1/checkin", "last_ok_at": null,
+            "consecutive_failures": 3, "last_error": "connection refused",
+            "last_change": {"kind": "module", "id": "2.0", "outcome": "rolled_back"}});
+        let v = assess(&s);
+        assert!(v.problems.is_empty(), "{:?}", v.problems);
+        assert!(
+            v.warnings.iter().any(|w| w.contains("module 2.0 was rolled back: crash loop")),
+            "{:?}",
+            v.warnings
+        );
+        assert!(
+            v.warnings.iter().any(|w| w.contains("check-ins are failing (3 in a row)")),
+            "{:?}",
+            v.warnings
+        );
+        let out = render(&s, &Target::Tcp("127.0.0.1:9779".parse().unwrap()), &v);
+        assert!(
+            out.contains("module        1.0 (signed module), rolled_back 2.0; never again: 2.0"),
+            "{out}"
+        );
+        assert!(out.contains("check-in      last ok never, failing: connection refused; last change module 2.0 rolled_back"), "{out}");
     }
 
     #[test]

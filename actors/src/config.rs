@@ -429,7 +429,6 @@ impl Config {
     }
 }
 
-/// Seconds (validated finite and non-negative) as a `Duration`.
 /// A warning when a file holding a secret (a bearer token) can be read by its group or by
 /// others; `None` when it is private or cannot be inspected.
 pub fn secret_file_warning(path: &str, what: &str) -> Option<String> {
@@ -440,6 +439,7 @@ pub fn secret_file_warning(path: &str, what: &str) -> Option<String> {
     })
 }
 
+/// Seconds (validated finite and non-negative) as a `Duration`.
 pub fn secs(v: f64) -> Duration {
     if v.is_finite() && v > 0.0 {
         Duration::from_secs_f64(v.min(1e9))

@@ -35,6 +35,8 @@ pub const MAX_BUFFERED: usize = 1_000_000;
 /// interval (about 4 MiB of MessagePack; receivers accept messages up to 64 MiB).
 pub const MAX_BATCH_SAMPLES: usize = 50_000;
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// remote_write: a request and its whole answer must be done within this.
+const HTTP_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(60);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 /// Samples for the next batch.
@@ -286,7 +288,7 @@ impl Uploader {
             req = req.bearer_auth(t);
         }
         self.http_busy = true;
-        let fut = async move {
+        let exchange = async move {
             let mut resp = req.send_body(body).await.map_err(|e| e.to_string())?;
             let status = resp.status().as_u16();
             let text = resp
@@ -296,6 +298,13 @@ impl Uploader {
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .unwrap_or_default();
             Ok::<_, String>((status, text))
+        };
+        // The client's timeout ends at the response headers; a receiver that then stalls
+        // must not hold the sink (one request at a time) for ever.
+        let fut = async move {
+            tokio::time::timeout(HTTP_EXCHANGE_TIMEOUT, exchange).await.unwrap_or_else(|_| {
+                Err(format!("no complete answer within {} s", HTTP_EXCHANGE_TIMEOUT.as_secs()))
+            })
         };
         let samples = batch.samples.len() as u64;
         ctx.spawn(fut.into_actor(self).map(move |res, this, ctx| {
