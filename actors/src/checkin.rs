@@ -38,7 +38,8 @@ use crate::supervisor::{
     Supervisor,
 };
 
-/// A check-in request (and its answer) may take this long.
+/// A check-in exchange (the request, the answer's headers and its body) may take this long
+/// in total.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// A module download may take this long in total.
 pub const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
@@ -331,6 +332,41 @@ fn request(s: &CheckinSettings, info: &CheckinInfo) -> Request {
     }
 }
 
+/// The check-in exchange: POSTs `body` to `url` and reads the answer, all of it (sending,
+/// the response headers and the body) within `limit`. A server that stalls at any point
+/// makes a failed check-in, never a stuck one.
+async fn exchange(
+    client: &awc::Client,
+    url: &str,
+    token: Option<&str>,
+    body: &Request,
+    limit: Duration,
+) -> Result<Response, String> {
+    let mut req = client.post(url).insert_header(("Content-Type", "application/json"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let exchange = async {
+        let mut resp = req.send_json(body).await.map_err(|e| format!("POST {url}: {e}"))?;
+        let status = resp.status();
+        let bytes =
+            resp.body().limit(MAX_RESPONSE_BYTES).await.map_err(|e| format!("reading the answer: {e}"))?;
+        if !status.is_success() {
+            return Err(format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).trim()
+            ));
+        }
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Response::default());
+        }
+        serde_json::from_slice(&bytes).map_err(|e| format!("the answer is not a check-in response: {e}"))
+    };
+    tokio::time::timeout(limit, exchange)
+        .await
+        .unwrap_or_else(|_| Err(format!("POST {url}: no complete answer within {} s", limit.as_secs_f64())))
+}
+
 /// One check-in: POST, then settings, token and module in that order.
 async fn check_in(
     s: &CheckinSettings,
@@ -348,27 +384,8 @@ async fn check_in(
         }
     };
     let body = request(s, &info);
-    let mut req = client.post(s.config.url.as_str()).insert_header(("Content-Type", "application/json"));
-    if let Some(t) = stored_token(&s.data_dir) {
-        req = req.bearer_auth(t);
-    }
-    let resp: Result<Response, String> = async {
-        let mut resp = req.send_json(&body).await.map_err(|e| format!("POST {}: {e}", s.config.url))?;
-        let status = resp.status();
-        let bytes =
-            resp.body().limit(MAX_RESPONSE_BYTES).await.map_err(|e| format!("reading the answer: {e}"))?;
-        if !status.is_success() {
-            return Err(format!(
-                "HTTP {status}: {}",
-                String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).trim()
-            ));
-        }
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Response::default());
-        }
-        serde_json::from_slice(&bytes).map_err(|e| format!("the answer is not a check-in response: {e}"))
-    }
-    .await;
+    let token = stored_token(&s.data_dir);
+    let resp = exchange(client, &s.config.url, token.as_deref(), &body, REQUEST_TIMEOUT).await;
     let resp = match resp {
         Ok(r) => r,
         Err(e) => {
@@ -539,5 +556,49 @@ mod tests {
         assert_eq!(stored_token(dir.path()).as_deref(), Some("def"));
         let mode = std::fs::metadata(dir.path().join(TOKEN_FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    /// A server that accepts a request, sends `head`, then stalls (holding the connection).
+    fn stalling_server(head: &'static str) -> String {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for c in l.incoming() {
+                let Ok(mut c) = c else { break };
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf);
+                let _ = c.write_all(head.as_bytes());
+                held.push(c);
+            }
+        });
+        format!("http://{addr}/v1/checkin")
+    }
+
+    fn a_request() -> Request {
+        Request {
+            agent_id: "a".into(),
+            host: "h".into(),
+            version: "0".into(),
+            module: RequestModule { version: "0".into(), builtin: true, state: "active".into(), bad: vec![] },
+            collector: RequestCollector { state: "running".into(), restarts: 0, incarnation: 1 },
+            last_change: None,
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_server_that_stalls_in_the_body_fails_the_checkin_in_time() {
+        let url = stalling_server("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"tok");
+        let client = awc::Client::default();
+        let t0 = std::time::Instant::now();
+        let limit = Duration::from_millis(300);
+        let r =
+            tokio::time::timeout(Duration::from_secs(20), exchange(&client, &url, None, &a_request(), limit))
+                .await
+                .expect("the exchange must end by itself, within its limit");
+        let e = r.unwrap_err();
+        assert!(e.contains("within"), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     }
 }
