@@ -380,3 +380,18 @@ fn a_checkin_url_without_a_public_key_is_a_config_error_with_its_position() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("public_key_file") && err.contains("module.pub"), "{err}");
 }
+
+#[test]
+fn an_invalid_token_is_rejected_and_not_stored_and_check_ins_go_on() {
+    let s = Server::start(&[]);
+    std::fs::write(s.dir().join("token"), "two words\n").unwrap();
+    let agent = Agent::start(&s.config("", ""), &[]);
+    let req = s.wait_checkin(&agent, "token rejected", |r| last_change(r, "token", "rejected"));
+    assert!(req["last_change"]["error"].as_str().unwrap().contains("visible ASCII"), "{req:#}");
+    assert!(!agent.data_dir().join("upload.token").exists(), "an invalid token is not stored");
+
+    std::fs::write(s.dir().join("token"), "good-token\n").unwrap();
+    s.wait_checkin(&agent, "token applied", |r| last_change(r, "token", "applied"));
+    assert_eq!(std::fs::read_to_string(agent.data_dir().join("upload.token")).unwrap().trim(), "good-token");
+    assert_eq!(agent.status()["checkin"]["consecutive_failures"], 0);
+}

@@ -55,11 +55,35 @@ pub const TOKEN_FILE: &str = "upload.token";
 #[rtype(result = "()")]
 pub struct TokenChanged;
 
-/// The upload token a check-in stored, if any (it overrides every sink's `token_file`).
+/// The longest upload token accepted from a check-in.
+pub const MAX_TOKEN_BYTES: usize = 4096;
+
+/// Whether `t` can be an upload token (it goes into an `Authorization` header): 1 to
+/// [`MAX_TOKEN_BYTES`] bytes of visible ASCII, no spaces or control characters.
+pub fn check_token(t: &str) -> Result<(), String> {
+    if t.is_empty() || t.len() > MAX_TOKEN_BYTES {
+        return Err(format!("a token must have 1 to {MAX_TOKEN_BYTES} bytes, this one has {}", t.len()));
+    }
+    if !t.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("a token must be visible ASCII characters without spaces or control characters".into());
+    }
+    Ok(())
+}
+
+/// The upload token a check-in stored, if any and usable (it overrides the `token_file` of
+/// the `vigil` sinks). One that cannot be a bearer token is ignored, with a warning.
 pub fn stored_token(data_dir: &Path) -> Option<String> {
-    let t = std::fs::read_to_string(data_dir.join(TOKEN_FILE)).ok()?;
+    let path = data_dir.join(TOKEN_FILE);
+    let t = std::fs::read_to_string(&path).ok()?;
     let t = t.trim();
-    (!t.is_empty()).then(|| t.to_string())
+    match check_token(t) {
+        Ok(()) => Some(t.to_string()),
+        Err(_) if t.is_empty() => None,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "The stored upload token is unusable; ignoring it.");
+            None
+        }
+    }
 }
 
 /// Stores `token` with mode 0600 (a temporary file renamed into place).
@@ -196,6 +220,8 @@ pub struct Checkin {
     rejected: HashMap<String, Manifest>,
     /// The id of the last settings that were invalid (reported once, not every check-in).
     rejected_settings: Option<String>,
+    /// The id of the last invalid token (reported once).
+    rejected_token: Option<String>,
     client: Option<awc::Client>,
     downloader: Option<awc::Client>,
 }
@@ -206,6 +232,7 @@ struct Outcome {
     error: Option<String>,
     rejected_module: Option<Manifest>,
     rejected_settings: Option<String>,
+    rejected_token: Option<String>,
 }
 
 impl Checkin {
@@ -216,6 +243,7 @@ impl Checkin {
             status,
             rejected: HashMap::new(),
             rejected_settings: None,
+            rejected_token: None,
             client: None,
             downloader: None,
         }
@@ -254,10 +282,19 @@ impl Checkin {
         let s = self.s.clone();
         let rejected = self.rejected.clone();
         let rejected_settings = self.rejected_settings.clone();
+        let rejected_token = self.rejected_token.clone();
         let fut = async move {
             match clients {
                 Ok((client, downloader)) => {
-                    check_in(&s, &client, &downloader, &rejected, rejected_settings.as_deref()).await
+                    check_in(
+                        &s,
+                        &client,
+                        &downloader,
+                        &rejected,
+                        rejected_settings.as_deref(),
+                        rejected_token.as_deref(),
+                    )
+                    .await
                 }
                 Err(e) => Outcome { error: Some(e), ..Outcome::default() },
             }
@@ -268,6 +305,9 @@ impl Checkin {
             }
             if out.rejected_settings.is_some() {
                 this.rejected_settings = out.rejected_settings;
+            }
+            if out.rejected_token.is_some() {
+                this.rejected_token = out.rejected_token;
             }
             match out.error {
                 None => {
@@ -374,6 +414,7 @@ async fn check_in(
     downloader: &awc::Client,
     rejected: &HashMap<String, Manifest>,
     rejected_settings: Option<&str>,
+    rejected_token: Option<&str>,
 ) -> Outcome {
     let mut out = Outcome::default();
     let info = match s.supervisor.send(GetCheckinInfo).await {
@@ -415,8 +456,14 @@ async fn check_in(
     }
 
     if let Some(token) = resp.token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
-        if stored_token(&s.data_dir).as_deref() != Some(token) {
-            let id = short_id(token.as_bytes());
+        let id = short_id(token.as_bytes());
+        if let Err(e) = check_token(token) {
+            if rejected_token != Some(id.as_str()) {
+                tracing::error!(token = %id, error = %e, "The check-in's upload token is invalid; not stored.");
+                s.supervisor.do_send(RecordChange(Change::new("token", &id, "rejected", Some(e))));
+            }
+            out.rejected_token = Some(id);
+        } else if stored_token(&s.data_dir).as_deref() != Some(token) {
             match store_token(&s.data_dir, token) {
                 Ok(()) => {
                     tracing::info!(token = %id, "New upload token stored; the sinks use it from now on.");
@@ -556,6 +603,22 @@ mod tests {
         assert_eq!(stored_token(dir.path()).as_deref(), Some("def"));
         let mode = std::fs::metadata(dir.path().join(TOKEN_FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn tokens_that_cannot_be_a_bearer_header_are_refused_and_ignored() {
+        assert_eq!(check_token("abc-DEF_123.~+/="), Ok(()));
+        assert!(check_token(&"x".repeat(MAX_TOKEN_BYTES)).is_ok());
+        for bad in ["", "a b", "a\nb", "a\rb", "a\tb", "é", "a\u{7f}"] {
+            assert!(check_token(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_token(&"x".repeat(MAX_TOKEN_BYTES + 1)).is_err());
+        // A bad stored token (written by an older version, or by hand) is not used.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(TOKEN_FILE), "good\nsecond line\n").unwrap();
+        assert_eq!(stored_token(dir.path()), None);
+        std::fs::write(dir.path().join(TOKEN_FILE), "good\n").unwrap();
+        assert_eq!(stored_token(dir.path()).as_deref(), Some("good"));
     }
 
     /// A server that accepts a request, sends `head`, then stalls (holding the connection).
