@@ -193,6 +193,10 @@ fn run(
             agent_id = vigil_actors::protocol::agent_id(&settings.data_dir)
                 .with_context(|| format!("cannot read or create {}/agent_id", settings.data_dir.display()))?;
         }
+        let upload_token_file = uploads
+            .iter()
+            .find(|u| u.kind == vigil_actors::config::SinkType::Vigil && !u.token_file.is_empty())
+            .map(|u| std::path::PathBuf::from(&u.token_file));
         {
             for u in uploads {
                 let name = u.name.clone();
@@ -216,6 +220,7 @@ fn run(
                 base_collectors,
                 supervisor: supervisor.clone(),
                 sinks: sinks.iter().map(|a| a.clone().recipient()).collect(),
+                upload_token_file,
             });
         }
         if let Some((_handle, addr)) = crate::status::start(

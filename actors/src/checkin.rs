@@ -210,6 +210,32 @@ pub struct CheckinSettings {
     pub base_collectors: CollectorsConfig,
     pub supervisor: Addr<Supervisor>,
     pub sinks: Vec<Recipient<TokenChanged>>,
+    /// The `token_file` of the first `vigil` sink that has one: the check-ins' bearer token
+    /// until a check-in has delivered one.
+    pub upload_token_file: Option<PathBuf>,
+}
+
+/// The bearer token of a check-in: the stored (rotated) upload token, else the content of
+/// `upload_token_file`; one that cannot be a header is not sent (logged).
+fn checkin_token(s: &CheckinSettings) -> Option<String> {
+    if let Some(t) = stored_token(&s.data_dir) {
+        return Some(t);
+    }
+    let f = s.upload_token_file.as_ref()?;
+    let t = match std::fs::read_to_string(f) {
+        Ok(t) => t.trim().to_string(),
+        Err(e) => {
+            tracing::warn!(file = %f.display(), error = %e, "Cannot read the upload token for the check-in.");
+            return None;
+        }
+    };
+    match check_token(&t) {
+        Ok(()) => Some(t),
+        Err(e) => {
+            tracing::warn!(file = %f.display(), error = %e, "The upload token file holds no usable token; checking in without one.");
+            None
+        }
+    }
 }
 
 pub struct Checkin {
@@ -425,7 +451,7 @@ async fn check_in(
         }
     };
     let body = request(s, &info);
-    let token = stored_token(&s.data_dir);
+    let token = checkin_token(s);
     let resp = exchange(client, &s.config.url, token.as_deref(), &body, REQUEST_TIMEOUT).await;
     let resp = match resp {
         Ok(r) => r,
