@@ -201,7 +201,8 @@ fn run(
             for u in uploads {
                 let name = u.name.clone();
                 let up = Uploader::new(u, &settings.data_dir, agent_id.clone(), host.clone())
-                    .with_context(|| format!("cannot open the spool of sink {name}"))?;
+                    .with_context(|| format!("cannot open the spool of sink {name}"))?
+                    .with_checkin_token(checkin_key.is_some());
                 sinks.push(up.start());
             }
         }
