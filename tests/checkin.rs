@@ -448,3 +448,16 @@ fn an_invalid_token_is_rejected_and_not_stored_and_check_ins_go_on() {
     assert_eq!(std::fs::read_to_string(agent.data_dir().join("upload.token")).unwrap().trim(), "good-token");
     assert_eq!(agent.status()["checkin"]["consecutive_failures"], 0);
 }
+
+#[test]
+fn keygen_without_out_writes_vigil_module_keys_in_the_working_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    run_ok(Command::new(vigil()).arg("keygen").current_dir(dir.path()));
+    let public = std::fs::read_to_string(dir.path().join("vigil-module.pub")).unwrap();
+    assert_eq!(public.trim().len(), 64);
+    let mode = std::fs::metadata(dir.path().join("vigil-module.key")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let again = Command::new(vigil()).arg("keygen").current_dir(dir.path()).output().unwrap();
+    assert!(!again.status.success(), "never overwrites");
+    assert_eq!(std::fs::read_to_string(dir.path().join("vigil-module.pub")).unwrap(), public);
+}
