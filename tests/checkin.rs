@@ -421,6 +421,14 @@ fn a_checkin_url_without_a_public_key_is_a_config_error_with_its_position() {
         ),
     )
     .unwrap();
+    let out = Command::new(vigil()).arg("check-config").arg("--config").arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(78), "check-config reads the key too");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("checkin.public_key_file") && err.contains("module.pub"), "{err}");
+    std::fs::remove_file(&key).unwrap();
+    let out = Command::new(vigil()).arg("check-config").arg("--config").arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(78), "an unreadable key: {}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(&key, "not hex\n").unwrap();
     let out = Command::new(vigil())
         .arg("run")
         .arg("--config")
@@ -460,4 +468,30 @@ fn keygen_without_out_writes_vigil_module_keys_in_the_working_directory() {
     let again = Command::new(vigil()).arg("keygen").current_dir(dir.path()).output().unwrap();
     assert!(!again.status.success(), "never overwrites");
     assert_eq!(std::fs::read_to_string(dir.path().join("vigil-module.pub")).unwrap(), public);
+}
+
+#[test]
+fn a_failed_download_is_a_failed_check_in_not_a_rejection_and_is_retried() {
+    let s = Server::start(&[]);
+    let agent = Agent::start(&s.config("", ""), &[]);
+    agent.wait_running(1, T);
+    // The manifest is offered, the file is not there yet: 404.
+    let file = s.dir().join("modules/5.0");
+    s.offer_module("5.0", &std::fs::read(vigil()).unwrap(), "signer");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let st = agent.wait_status(T, "a failed check-in for the download", |st| {
+        st["checkin"]["consecutive_failures"].as_u64() >= Some(1)
+            && st["checkin"]["last_error"].as_str().is_some_and(|e| e.contains("404"))
+    });
+    let m = &st["collector"]["module"];
+    assert_ne!(m["state"], "rejected", "{st:#}");
+    assert!(s.checkins().iter().all(|r| !last_change(r, "module", "rejected")), "not reported as rejected");
+
+    // Once the file is there, the next check-in downloads and adopts it.
+    std::fs::write(&file, bytes).unwrap();
+    agent.wait_status(T, "module 5.0 running", |st| {
+        st["collector"]["module"]["version"] == "5.0" && st["collector"]["module"]["state"] == "active"
+    });
+    s.wait_checkin(&agent, "module applied", |r| last_change(r, "module", "applied"));
 }

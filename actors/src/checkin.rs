@@ -527,8 +527,10 @@ async fn check_in(
                     out.rejected_module = Some(m);
                 }
                 Err(Failure::Retry(error)) => {
-                    // Not the module's fault: tried again at the next check-in.
-                    s.supervisor.do_send(ModuleEvent::Rejected { version: m.version.clone(), error });
+                    // Not the module's fault: a failed check-in (backoff), tried again at the
+                    // next one; not a rejection.
+                    out.error = Some(format!("module {}: {error}", m.version));
+                    s.supervisor.do_send(ModuleEvent::DownloadFailed { version: m.version.clone(), error });
                 }
             }
         }

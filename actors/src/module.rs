@@ -484,7 +484,15 @@ impl Modules {
         self.error = None;
     }
 
-    /// `version` failed download or verification; it was not run.
+    /// Downloading `version` failed (not the module's fault): the current module stays
+    /// `active`; `candidate` and `error` tell what failed until the next attempt.
+    pub fn download_failed(&mut self, version: &str, why: &str) {
+        self.status_state = "active";
+        self.candidate = Some(version.to_string());
+        self.error = Some(format!("download failed (retried at the next check-in): {why}"));
+    }
+
+    /// `version` failed verification; it was not run.
     pub fn rejected(&mut self, version: &str, why: &str) {
         self.status_state = "rejected";
         self.candidate = Some(version.to_string());
