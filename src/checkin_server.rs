@@ -9,7 +9,9 @@
 //! | `modules/VERSION` | `GET /v1/modules/VERSION` (the module file) |
 //!
 //! Files are read at every request. Every check-in request received is appended, as one JSON
-//! line, to `DIR/checkins.jsonl`.
+//! line, to `DIR/checkins.jsonl`. With `--token-file`, a check-in needs `Authorization: Bearer`
+//! with that token or the current `DIR/token` (401 otherwise: the token is never handed to
+//! anyone who does not hold one).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -33,7 +35,7 @@ impl CheckinDir {
 /// Adds `POST /v1/checkin` and `GET /v1/modules/{version}`.
 pub fn routes(cfg: &mut web::ServiceConfig, dir: web::Data<CheckinDir>) {
     cfg.app_data(dir)
-        .app_data(web::JsonConfig::default().limit(1024 * 1024))
+        .app_data(web::PayloadConfig::new(1024 * 1024))
         .route("/v1/checkin", web::post().to(checkin))
         .route("/v1/modules/{version}", web::get().to(module_file));
 }
@@ -69,8 +71,20 @@ fn answer(dir: &Path) -> Result<Value, String> {
     Ok(Value::Object(out))
 }
 
-async fn checkin(body: web::Json<Value>, dir: web::Data<CheckinDir>) -> HttpResponse {
-    let request = body.into_inner();
+async fn checkin(
+    req: actix_web::HttpRequest,
+    body: web::Bytes,
+    dir: web::Data<CheckinDir>,
+    token: web::Data<crate::receive::Token>,
+) -> HttpResponse {
+    if !token.allows(&req) {
+        tracing::warn!(peer = ?req.peer_addr(), "Check-in without the right bearer token refused.");
+        return HttpResponse::Unauthorized().finish();
+    }
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return HttpResponse::BadRequest().json(json!({ "error": format!("not JSON: {e}") })),
+    };
     let line = json!({
         "received_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "request": request,

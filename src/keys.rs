@@ -13,7 +13,7 @@ use vigil_actors::module;
 pub struct KeygenArgs {
     /// Writes PREFIX.key (private, mode 0600) and PREFIX.pub (for checkin.public_key_file).
     /// Existing files are never overwritten.
-    #[arg(long)]
+    #[arg(long, value_name = "PREFIX", default_value = "vigil-module")]
     out: PathBuf,
 }
 

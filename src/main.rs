@@ -87,7 +87,15 @@ fn main() -> ExitCode {
 
 fn check_config(path: Option<PathBuf>) -> ExitCode {
     match config::load_or_exit(path.as_deref()) {
-        Ok((source, _)) => {
+        Ok((source, cfg)) => {
+            // `vigil run` reads the key at start; a key it cannot use is a config error here.
+            if !cfg.checkin.url.is_empty() {
+                let key = std::path::Path::new(&cfg.checkin.public_key_file);
+                if let Err(e) = vigil_actors::module::PublicKey::read(key) {
+                    eprintln!("{source}: `checkin.public_key_file`: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            }
             println!("{source}: ok");
             ExitCode::SUCCESS
         }

@@ -94,7 +94,8 @@ pub struct Args {
     /// File the accepted batches are appended to.
     #[arg(long)]
     out: PathBuf,
-    /// Require `Authorization: Bearer <token in this file>` on every connection.
+    /// Require `Authorization: Bearer <token in this file>` on every connection and check-in
+    /// (with --checkin-dir, the token of DIR/token is accepted too).
     #[arg(long)]
     token_file: Option<PathBuf>,
     /// Serve TLS (wss://) with this PEM certificate chain; needs --tls-key.
@@ -120,8 +121,37 @@ pub fn main(args: Args) -> ExitCode {
     }
 }
 
-/// The bearer token connections must present, when `--token-file` is given.
-struct Token(Option<String>);
+/// The bearer tokens accepted, when `--token-file` is given: its token, and the token the
+/// check-in directory hands out (`DIR/token`, read at every request, so a rotation through
+/// check-ins is accepted at once).
+pub struct Token {
+    pub fixed: Option<String>,
+    pub checkin_dir: Option<PathBuf>,
+}
+
+impl Token {
+    /// Whether `req` may pass: always without `--token-file`; else when its bearer token is
+    /// the `--token-file` token or the current `DIR/token`.
+    pub fn allows(&self, req: &HttpRequest) -> bool {
+        let Some(fixed) = &self.fixed else { return true };
+        let got = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if crate::status::token_matches(got, fixed) {
+            return true;
+        }
+        let rotated = self
+            .checkin_dir
+            .as_ref()
+            .and_then(|d| std::fs::read_to_string(d.join("token")).ok())
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
+        rotated.is_some_and(|t| crate::status::token_matches(got, &t))
+    }
+}
 
 /// The server side of TLS: the certificate chain and key of `--tls-cert`/`--tls-key`.
 fn server_tls(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
@@ -158,7 +188,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             Some(t)
         }
     };
-    let token = web::Data::new(Token(token));
+    let token = web::Data::new(Token { fixed: token, checkin_dir: checkin_dir.clone() });
     let store = web::Data::new(Mutex::new(Store::open(&out)?));
     tracing::info!(out = %out.display(), agents = store.lock().map(|s| s.seen.len()).unwrap_or(0), "Output file opened.");
     let system = actix_rt::System::new();
@@ -199,17 +229,9 @@ async fn ingest(
     store: web::Data<Mutex<Store>>,
     token: web::Data<Token>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    if let Some(want) = &token.0 {
-        let got = req
-            .headers()
-            .get(actix_web::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !crate::status::token_matches(got, want) {
-            tracing::warn!(peer = ?req.peer_addr(), "Connection without the right bearer token refused.");
-            return Ok(HttpResponse::Unauthorized().finish());
-        }
+    if !token.allows(&req) {
+        tracing::warn!(peer = ?req.peer_addr(), "Connection without the right bearer token refused.");
+        return Ok(HttpResponse::Unauthorized().finish());
     }
     let (resp, mut session, stream) = actix_ws::handle(&req, body)?;
     let mut stream = stream

@@ -193,11 +193,16 @@ fn run(
             agent_id = vigil_actors::protocol::agent_id(&settings.data_dir)
                 .with_context(|| format!("cannot read or create {}/agent_id", settings.data_dir.display()))?;
         }
+        let upload_token_file = uploads
+            .iter()
+            .find(|u| u.kind == vigil_actors::config::SinkType::Vigil && !u.token_file.is_empty())
+            .map(|u| std::path::PathBuf::from(&u.token_file));
         {
             for u in uploads {
                 let name = u.name.clone();
                 let up = Uploader::new(u, &settings.data_dir, agent_id.clone(), host.clone())
-                    .with_context(|| format!("cannot open the spool of sink {name}"))?;
+                    .with_context(|| format!("cannot open the spool of sink {name}"))?
+                    .with_checkin_token(checkin_key.is_some());
                 sinks.push(up.start());
             }
         }
@@ -216,6 +221,7 @@ fn run(
                 base_collectors,
                 supervisor: supervisor.clone(),
                 sinks: sinks.iter().map(|a| a.clone().recipient()).collect(),
+                upload_token_file,
             });
         }
         if let Some((_handle, addr)) = crate::status::start(

@@ -188,25 +188,33 @@ fn checkin_settings_are_applied_by_a_graceful_restart_and_bad_ones_are_refused()
 
 #[test]
 fn a_rotated_token_is_stored_privately_and_used_by_the_next_upload() {
+    // The check-in server knows the agent's old token; the sink (another receiver) accepts
+    // only the rotated one, which the agent can learn only from a check-in.
     let tmp = tempfile::tempdir().unwrap();
-    let server_token = tmp.path().join("server-token");
-    std::fs::write(&server_token, "rotated-secret\n").unwrap();
     let old = tmp.path().join("old-token");
     std::fs::write(&old, "old-secret\n").unwrap();
-    let s = Server::start(&["--token-file", server_token.to_str().unwrap()]);
+    let sink_token = tmp.path().join("sink-token");
+    std::fs::write(&sink_token, "rotated-secret\n").unwrap();
+    let s = Server::start(&["--token-file", old.to_str().unwrap()]);
+    let sink = Receiver::start_with(
+        "127.0.0.1:0",
+        &tmp.path().join("sink.jsonl"),
+        &tmp.path().join("sink.log"),
+        &["--token-file", sink_token.to_str().unwrap()],
+    );
     let upload = format!(
         "\n[[upload]]\nname = \"main\"\nurl = \"ws://{}/v1/ingest\"\nflush_interval_secs = 0.3\ntoken_file = \"{}\"\n",
-        s.receiver.addr,
+        sink.addr,
         old.display()
     );
     let agent = Agent::start(&s.config("", &upload), &[]);
     agent.wait_status(T, "the old token refused", |st| st["uploads"][0]["errors"].as_u64() >= Some(1));
-    s.wait_checkin(&agent, "a first check-in", |_| true);
-    assert!(s.receiver.lines().is_empty(), "nothing accepted with the old token");
+    s.wait_checkin(&agent, "a first check-in, made with the sink's token", |_| true);
+    assert!(sink.lines().is_empty(), "nothing accepted with the old token");
 
     std::fs::write(s.dir().join("token"), "rotated-secret\n").unwrap();
     let t0 = Instant::now();
-    while s.receiver.lines().is_empty() {
+    while sink.lines().is_empty() {
         assert!(t0.elapsed() < T, "no batch accepted after the rotation; log:\n{}", agent.log_tail());
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -216,6 +224,51 @@ fn a_rotated_token_is_stored_privately_and_used_by_the_next_upload() {
     let req = s.wait_checkin(&agent, "token applied", |r| last_change(r, "token", "applied"));
     assert!(!req.to_string().contains("rotated-secret"), "the token itself is never reported: {req}");
     assert!(!agent.log_text().contains("rotated-secret"), "nor logged");
+    // Later check-ins are made with the rotated token, which the check-in server accepts.
+    let n = s.checkins().len();
+    agent.wait_status(T, "more check-ins", |_| s.checkins().len() >= n + 2);
+    assert_eq!(agent.status()["checkin"]["consecutive_failures"], 0, "{}", agent.log_tail());
+}
+
+#[test]
+fn with_a_token_file_check_ins_need_a_token_and_the_rotated_token_opens_ingest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixed = tmp.path().join("server-token");
+    std::fs::write(&fixed, "server-secret\n").unwrap();
+    let s = Server::start(&["--token-file", fixed.to_str().unwrap()]);
+    std::fs::write(s.dir().join("token"), "rotated-secret\n").unwrap();
+    let addr = &s.receiver.addr;
+
+    // No token, or a wrong one: 401, and the token is not handed out.
+    for bearer in [None, Some("wrong")] {
+        let r = http_request(addr, "POST", "/v1/checkin", bearer);
+        assert_eq!(r.code, 401, "{bearer:?}: {}", r.body);
+        assert!(!r.body.contains("rotated-secret"));
+    }
+    assert!(s.checkins().is_empty(), "refused check-ins are not recorded");
+
+    // /v1/ingest takes the --token-file token and the current DIR/token (a plain GET is not
+    // a WebSocket upgrade: 400 once past the token check).
+    assert_eq!(http_get(addr, "/v1/ingest", Some("wrong")).0, 401);
+    assert_eq!(http_get(addr, "/v1/ingest", None).0, 401);
+    assert_eq!(http_get(addr, "/v1/ingest", Some("server-secret")).0, 400);
+    assert_eq!(http_get(addr, "/v1/ingest", Some("rotated-secret")).0, 400);
+    // Read at every request: the next rotation counts at once.
+    std::fs::write(s.dir().join("token"), "rotated-again\n").unwrap();
+    assert_eq!(http_get(addr, "/v1/ingest", Some("rotated-again")).0, 400);
+    assert_eq!(http_get(addr, "/v1/ingest", Some("rotated-secret")).0, 401);
+
+    // An agent checks in with its sink's token and gets the rotated one.
+    let upload = format!(
+        "\n[[upload]]\nname = \"main\"\nurl = \"ws://{addr}/v1/ingest\"\nflush_interval_secs = 0.3\ntoken_file = \"{}\"\n",
+        fixed.display()
+    );
+    let agent = Agent::start(&s.config("", &upload), &[]);
+    s.wait_checkin(&agent, "token applied", |r| last_change(r, "token", "applied"));
+    assert_eq!(
+        std::fs::read_to_string(agent.data_dir().join("upload.token")).unwrap().trim(),
+        "rotated-again"
+    );
 }
 
 #[test]
@@ -368,6 +421,14 @@ fn a_checkin_url_without_a_public_key_is_a_config_error_with_its_position() {
         ),
     )
     .unwrap();
+    let out = Command::new(vigil()).arg("check-config").arg("--config").arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(78), "check-config reads the key too");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("checkin.public_key_file") && err.contains("module.pub"), "{err}");
+    std::fs::remove_file(&key).unwrap();
+    let out = Command::new(vigil()).arg("check-config").arg("--config").arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(78), "an unreadable key: {}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(&key, "not hex\n").unwrap();
     let out = Command::new(vigil())
         .arg("run")
         .arg("--config")
@@ -379,4 +440,58 @@ fn a_checkin_url_without_a_public_key_is_a_config_error_with_its_position() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("public_key_file") && err.contains("module.pub"), "{err}");
+}
+
+#[test]
+fn an_invalid_token_is_rejected_and_not_stored_and_check_ins_go_on() {
+    let s = Server::start(&[]);
+    std::fs::write(s.dir().join("token"), "two words\n").unwrap();
+    let agent = Agent::start(&s.config("", ""), &[]);
+    let req = s.wait_checkin(&agent, "token rejected", |r| last_change(r, "token", "rejected"));
+    assert!(req["last_change"]["error"].as_str().unwrap().contains("visible ASCII"), "{req:#}");
+    assert!(!agent.data_dir().join("upload.token").exists(), "an invalid token is not stored");
+
+    std::fs::write(s.dir().join("token"), "good-token\n").unwrap();
+    s.wait_checkin(&agent, "token applied", |r| last_change(r, "token", "applied"));
+    assert_eq!(std::fs::read_to_string(agent.data_dir().join("upload.token")).unwrap().trim(), "good-token");
+    assert_eq!(agent.status()["checkin"]["consecutive_failures"], 0);
+}
+
+#[test]
+fn keygen_without_out_writes_vigil_module_keys_in_the_working_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    run_ok(Command::new(vigil()).arg("keygen").current_dir(dir.path()));
+    let public = std::fs::read_to_string(dir.path().join("vigil-module.pub")).unwrap();
+    assert_eq!(public.trim().len(), 64);
+    let mode = std::fs::metadata(dir.path().join("vigil-module.key")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let again = Command::new(vigil()).arg("keygen").current_dir(dir.path()).output().unwrap();
+    assert!(!again.status.success(), "never overwrites");
+    assert_eq!(std::fs::read_to_string(dir.path().join("vigil-module.pub")).unwrap(), public);
+}
+
+#[test]
+fn a_failed_download_is_a_failed_check_in_not_a_rejection_and_is_retried() {
+    let s = Server::start(&[]);
+    let agent = Agent::start(&s.config("", ""), &[]);
+    agent.wait_running(1, T);
+    // The manifest is offered, the file is not there yet: 404.
+    let file = s.dir().join("modules/5.0");
+    s.offer_module("5.0", &std::fs::read(vigil()).unwrap(), "signer");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let st = agent.wait_status(T, "a failed check-in for the download", |st| {
+        st["checkin"]["consecutive_failures"].as_u64() >= Some(1)
+            && st["checkin"]["last_error"].as_str().is_some_and(|e| e.contains("404"))
+    });
+    let m = &st["collector"]["module"];
+    assert_ne!(m["state"], "rejected", "{st:#}");
+    assert!(s.checkins().iter().all(|r| !last_change(r, "module", "rejected")), "not reported as rejected");
+
+    // Once the file is there, the next check-in downloads and adopts it.
+    std::fs::write(&file, bytes).unwrap();
+    agent.wait_status(T, "module 5.0 running", |st| {
+        st["collector"]["module"]["version"] == "5.0" && st["collector"]["module"]["state"] == "active"
+    });
+    s.wait_checkin(&agent, "module applied", |r| last_change(r, "module", "applied"));
 }

@@ -38,7 +38,8 @@ use crate::supervisor::{
     Supervisor,
 };
 
-/// A check-in request (and its answer) may take this long.
+/// A check-in exchange (the request, the answer's headers and its body) may take this long
+/// in total.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// A module download may take this long in total.
 pub const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
@@ -54,11 +55,35 @@ pub const TOKEN_FILE: &str = "upload.token";
 #[rtype(result = "()")]
 pub struct TokenChanged;
 
-/// The upload token a check-in stored, if any (it overrides every sink's `token_file`).
+/// The longest upload token accepted from a check-in.
+pub const MAX_TOKEN_BYTES: usize = 4096;
+
+/// Whether `t` can be an upload token (it goes into an `Authorization` header): 1 to
+/// [`MAX_TOKEN_BYTES`] bytes of visible ASCII, no spaces or control characters.
+pub fn check_token(t: &str) -> Result<(), String> {
+    if t.is_empty() || t.len() > MAX_TOKEN_BYTES {
+        return Err(format!("a token must have 1 to {MAX_TOKEN_BYTES} bytes, this one has {}", t.len()));
+    }
+    if !t.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("a token must be visible ASCII characters without spaces or control characters".into());
+    }
+    Ok(())
+}
+
+/// The upload token a check-in stored, if any and usable (it overrides the `token_file` of
+/// the `vigil` sinks). One that cannot be a bearer token is ignored, with a warning.
 pub fn stored_token(data_dir: &Path) -> Option<String> {
-    let t = std::fs::read_to_string(data_dir.join(TOKEN_FILE)).ok()?;
+    let path = data_dir.join(TOKEN_FILE);
+    let t = std::fs::read_to_string(&path).ok()?;
     let t = t.trim();
-    (!t.is_empty()).then(|| t.to_string())
+    match check_token(t) {
+        Ok(()) => Some(t.to_string()),
+        Err(_) if t.is_empty() => None,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "The stored upload token is unusable; ignoring it.");
+            None
+        }
+    }
 }
 
 /// Stores `token` with mode 0600 (a temporary file renamed into place).
@@ -185,6 +210,32 @@ pub struct CheckinSettings {
     pub base_collectors: CollectorsConfig,
     pub supervisor: Addr<Supervisor>,
     pub sinks: Vec<Recipient<TokenChanged>>,
+    /// The `token_file` of the first `vigil` sink that has one: the check-ins' bearer token
+    /// until a check-in has delivered one.
+    pub upload_token_file: Option<PathBuf>,
+}
+
+/// The bearer token of a check-in: the stored (rotated) upload token, else the content of
+/// `upload_token_file`; one that cannot be a header is not sent (logged).
+fn checkin_token(s: &CheckinSettings) -> Option<String> {
+    if let Some(t) = stored_token(&s.data_dir) {
+        return Some(t);
+    }
+    let f = s.upload_token_file.as_ref()?;
+    let t = match std::fs::read_to_string(f) {
+        Ok(t) => t.trim().to_string(),
+        Err(e) => {
+            tracing::warn!(file = %f.display(), error = %e, "Cannot read the upload token for the check-in.");
+            return None;
+        }
+    };
+    match check_token(&t) {
+        Ok(()) => Some(t),
+        Err(e) => {
+            tracing::warn!(file = %f.display(), error = %e, "The upload token file holds no usable token; checking in without one.");
+            None
+        }
+    }
 }
 
 pub struct Checkin {
@@ -195,6 +246,8 @@ pub struct Checkin {
     rejected: HashMap<String, Manifest>,
     /// The id of the last settings that were invalid (reported once, not every check-in).
     rejected_settings: Option<String>,
+    /// The id of the last invalid token (reported once).
+    rejected_token: Option<String>,
     client: Option<awc::Client>,
     downloader: Option<awc::Client>,
 }
@@ -205,6 +258,7 @@ struct Outcome {
     error: Option<String>,
     rejected_module: Option<Manifest>,
     rejected_settings: Option<String>,
+    rejected_token: Option<String>,
 }
 
 impl Checkin {
@@ -215,6 +269,7 @@ impl Checkin {
             status,
             rejected: HashMap::new(),
             rejected_settings: None,
+            rejected_token: None,
             client: None,
             downloader: None,
         }
@@ -253,10 +308,19 @@ impl Checkin {
         let s = self.s.clone();
         let rejected = self.rejected.clone();
         let rejected_settings = self.rejected_settings.clone();
+        let rejected_token = self.rejected_token.clone();
         let fut = async move {
             match clients {
                 Ok((client, downloader)) => {
-                    check_in(&s, &client, &downloader, &rejected, rejected_settings.as_deref()).await
+                    check_in(
+                        &s,
+                        &client,
+                        &downloader,
+                        &rejected,
+                        rejected_settings.as_deref(),
+                        rejected_token.as_deref(),
+                    )
+                    .await
                 }
                 Err(e) => Outcome { error: Some(e), ..Outcome::default() },
             }
@@ -267,6 +331,9 @@ impl Checkin {
             }
             if out.rejected_settings.is_some() {
                 this.rejected_settings = out.rejected_settings;
+            }
+            if out.rejected_token.is_some() {
+                this.rejected_token = out.rejected_token;
             }
             match out.error {
                 None => {
@@ -331,29 +398,22 @@ fn request(s: &CheckinSettings, info: &CheckinInfo) -> Request {
     }
 }
 
-/// One check-in: POST, then settings, token and module in that order.
-async fn check_in(
-    s: &CheckinSettings,
+/// The check-in exchange: POSTs `body` to `url` and reads the answer, all of it (sending,
+/// the response headers and the body) within `limit`. A server that stalls at any point
+/// makes a failed check-in, never a stuck one.
+async fn exchange(
     client: &awc::Client,
-    downloader: &awc::Client,
-    rejected: &HashMap<String, Manifest>,
-    rejected_settings: Option<&str>,
-) -> Outcome {
-    let mut out = Outcome::default();
-    let info = match s.supervisor.send(GetCheckinInfo).await {
-        Ok(i) => i,
-        Err(e) => {
-            out.error = Some(format!("supervisor: {e}"));
-            return out;
-        }
-    };
-    let body = request(s, &info);
-    let mut req = client.post(s.config.url.as_str()).insert_header(("Content-Type", "application/json"));
-    if let Some(t) = stored_token(&s.data_dir) {
+    url: &str,
+    token: Option<&str>,
+    body: &Request,
+    limit: Duration,
+) -> Result<Response, String> {
+    let mut req = client.post(url).insert_header(("Content-Type", "application/json"));
+    if let Some(t) = token {
         req = req.bearer_auth(t);
     }
-    let resp: Result<Response, String> = async {
-        let mut resp = req.send_json(&body).await.map_err(|e| format!("POST {}: {e}", s.config.url))?;
+    let exchange = async {
+        let mut resp = req.send_json(body).await.map_err(|e| format!("POST {url}: {e}"))?;
         let status = resp.status();
         let bytes =
             resp.body().limit(MAX_RESPONSE_BYTES).await.map_err(|e| format!("reading the answer: {e}"))?;
@@ -367,8 +427,32 @@ async fn check_in(
             return Ok(Response::default());
         }
         serde_json::from_slice(&bytes).map_err(|e| format!("the answer is not a check-in response: {e}"))
-    }
-    .await;
+    };
+    tokio::time::timeout(limit, exchange)
+        .await
+        .unwrap_or_else(|_| Err(format!("POST {url}: no complete answer within {} s", limit.as_secs_f64())))
+}
+
+/// One check-in: POST, then settings, token and module in that order.
+async fn check_in(
+    s: &CheckinSettings,
+    client: &awc::Client,
+    downloader: &awc::Client,
+    rejected: &HashMap<String, Manifest>,
+    rejected_settings: Option<&str>,
+    rejected_token: Option<&str>,
+) -> Outcome {
+    let mut out = Outcome::default();
+    let info = match s.supervisor.send(GetCheckinInfo).await {
+        Ok(i) => i,
+        Err(e) => {
+            out.error = Some(format!("supervisor: {e}"));
+            return out;
+        }
+    };
+    let body = request(s, &info);
+    let token = checkin_token(s);
+    let resp = exchange(client, &s.config.url, token.as_deref(), &body, REQUEST_TIMEOUT).await;
     let resp = match resp {
         Ok(r) => r,
         Err(e) => {
@@ -398,8 +482,14 @@ async fn check_in(
     }
 
     if let Some(token) = resp.token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
-        if stored_token(&s.data_dir).as_deref() != Some(token) {
-            let id = short_id(token.as_bytes());
+        let id = short_id(token.as_bytes());
+        if let Err(e) = check_token(token) {
+            if rejected_token != Some(id.as_str()) {
+                tracing::error!(token = %id, error = %e, "The check-in's upload token is invalid; not stored.");
+                s.supervisor.do_send(RecordChange(Change::new("token", &id, "rejected", Some(e))));
+            }
+            out.rejected_token = Some(id);
+        } else if stored_token(&s.data_dir).as_deref() != Some(token) {
             match store_token(&s.data_dir, token) {
                 Ok(()) => {
                     tracing::info!(token = %id, "New upload token stored; the sinks use it from now on.");
@@ -437,8 +527,10 @@ async fn check_in(
                     out.rejected_module = Some(m);
                 }
                 Err(Failure::Retry(error)) => {
-                    // Not the module's fault: tried again at the next check-in.
-                    s.supervisor.do_send(ModuleEvent::Rejected { version: m.version.clone(), error });
+                    // Not the module's fault: a failed check-in (backoff), tried again at the
+                    // next one; not a rejection.
+                    out.error = Some(format!("module {}: {error}", m.version));
+                    s.supervisor.do_send(ModuleEvent::DownloadFailed { version: m.version.clone(), error });
                 }
             }
         }
@@ -539,5 +631,65 @@ mod tests {
         assert_eq!(stored_token(dir.path()).as_deref(), Some("def"));
         let mode = std::fs::metadata(dir.path().join(TOKEN_FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn tokens_that_cannot_be_a_bearer_header_are_refused_and_ignored() {
+        assert_eq!(check_token("abc-DEF_123.~+/="), Ok(()));
+        assert!(check_token(&"x".repeat(MAX_TOKEN_BYTES)).is_ok());
+        for bad in ["", "a b", "a\nb", "a\rb", "a\tb", "é", "a\u{7f}"] {
+            assert!(check_token(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_token(&"x".repeat(MAX_TOKEN_BYTES + 1)).is_err());
+        // A bad stored token (written by an older version, or by hand) is not used.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(TOKEN_FILE), "good\nsecond line\n").unwrap();
+        assert_eq!(stored_token(dir.path()), None);
+        std::fs::write(dir.path().join(TOKEN_FILE), "good\n").unwrap();
+        assert_eq!(stored_token(dir.path()).as_deref(), Some("good"));
+    }
+
+    /// A server that accepts a request, sends `head`, then stalls (holding the connection).
+    fn stalling_server(head: &'static str) -> String {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for c in l.incoming() {
+                let Ok(mut c) = c else { break };
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf);
+                let _ = c.write_all(head.as_bytes());
+                held.push(c);
+            }
+        });
+        format!("http://{addr}/v1/checkin")
+    }
+
+    fn a_request() -> Request {
+        Request {
+            agent_id: "a".into(),
+            host: "h".into(),
+            version: "0".into(),
+            module: RequestModule { version: "0".into(), builtin: true, state: "active".into(), bad: vec![] },
+            collector: RequestCollector { state: "running".into(), restarts: 0, incarnation: 1 },
+            last_change: None,
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_server_that_stalls_in_the_body_fails_the_checkin_in_time() {
+        let url = stalling_server("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"tok");
+        let client = awc::Client::default();
+        let t0 = std::time::Instant::now();
+        let limit = Duration::from_millis(300);
+        let r =
+            tokio::time::timeout(Duration::from_secs(20), exchange(&client, &url, None, &a_request(), limit))
+                .await
+                .expect("the exchange must end by itself, within its limit");
+        let e = r.unwrap_err();
+        assert!(e.contains("within"), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     }
 }

@@ -14,9 +14,10 @@
 //! (SHA256 in lowercase hex, no trailing newline), made with the private key whose public half
 //! is `checkin.public_key_file`. Binding the version into the signed text means a validly
 //! signed old file cannot be replayed under a new version (nor the reverse). A file is
-//! downloaded to a non-executable temporary name, hashed while it streams in, checked
-//! against the manifest's sha256 and signature ([`verify`]), and only then made executable
-//! and renamed to `DATA_DIR/modules/VERSION/collector` ([`install`]). Nothing unverified is
+//! downloaded to a non-executable temporary file directly in `DATA_DIR/modules/`, hashed while
+//! it streams in, checked against the manifest's sha256 and signature ([`verify`]), and only
+//! then made executable and renamed to `DATA_DIR/modules/VERSION/collector` ([`install`]; the
+//! directory is made then, not before). Nothing unverified is
 //! ever at a path the supervisor executes.
 //!
 //! # Key files
@@ -51,7 +52,7 @@ pub const VERSION_ENV: &str = "VIGIL_MODULE_VERSION";
 /// Why a module (or a key) was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ModuleError {
-    #[error("invalid module version {0:?}: 1-64 characters of letters, digits, '.', '_', '+' and '-', not starting with '.'")]
+    #[error("invalid module version {0:?}: 1-64 characters of letters, digits, '.', '_', '+' and '-', not starting with '.', not ending with '.partial' or '.tmp', not 'state.json'")]
     BadVersion(String),
     #[error("sha256 mismatch: the manifest says {expected}, the file has {actual}")]
     Sha256Mismatch { expected: String, actual: String },
@@ -84,11 +85,19 @@ pub fn signed_message(version: &str, sha256_hex: &str) -> Vec<u8> {
     format!("vigil-module\n{version}\n{sha256_hex}").into_bytes()
 }
 
-/// A version is a directory name: refuse anything that could leave `DATA_DIR/modules/`.
+/// Names in `DATA_DIR/modules/` that are not module versions.
+pub const STATE_FILE: &str = "state.json";
+
+/// A version is a directory name: refuse anything that could leave `DATA_DIR/modules/` or
+/// take the name of a file of its own there (`state.json`, temporary `.*`, `*.partial` and
+/// `*.tmp` files).
 pub fn check_version(v: &str) -> Result<(), ModuleError> {
     let ok = !v.is_empty()
         && v.len() <= 64
         && !v.starts_with('.')
+        && v != STATE_FILE
+        && !v.ends_with(".partial")
+        && !v.ends_with(".tmp")
         && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'-'));
     if ok {
         Ok(())
@@ -215,24 +224,34 @@ pub fn executable(data_dir: &Path, v: &str) -> PathBuf {
     modules_dir(data_dir).join(v).join(EXECUTABLE)
 }
 
-/// A file being downloaded: not executable (mode 0600), hashed as it is written.
+/// A file being downloaded: not executable (mode 0600), hashed as it is written. It is a
+/// temporary file directly in `DATA_DIR/modules/`; nothing of the version is created before
+/// the file is verified.
 pub struct Download {
     file: std::fs::File,
     path: PathBuf,
+    version: String,
     hasher: Hasher,
     len: u64,
 }
 
 impl Download {
-    /// Starts `DATA_DIR/modules/VERSION/.collector.partial` (replacing an old partial file).
+    /// Starts `DATA_DIR/modules/.download-RANDOM.partial` for module `version`.
     pub fn create(data_dir: &Path, version: &str) -> std::io::Result<Download> {
         check_version(version).map_err(std::io::Error::other)?;
-        let dir = modules_dir(data_dir).join(version);
+        let dir = modules_dir(data_dir);
         std::fs::create_dir_all(&dir)?;
-        let path = dir.join(format!(".{EXECUTABLE}.partial"));
-        let _ = std::fs::remove_file(&path);
+        // Downloads run one at a time: any other one is left over from a crash.
+        for e in std::fs::read_dir(&dir)?.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(".download-") && name.ends_with(".partial") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let path = dir.join(format!(".download-{:016x}.partial", rand::random::<u64>()));
         let file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
-        Ok(Download { file, path, hasher: Hasher::default(), len: 0 })
+        Ok(Download { file, path, version: version.to_string(), hasher: Hasher::default(), len: 0 })
     }
 
     pub fn write(&mut self, chunk: &[u8]) -> Result<(), ModuleError> {
@@ -247,15 +266,25 @@ impl Download {
     /// Verifies what was written against `m`; on success the file becomes executable (0755)
     /// and is renamed to its final path, which is returned. On failure it is deleted.
     pub fn install(self, m: &Manifest, key: &PublicKey) -> Result<PathBuf, String> {
-        let Download { file, path, hasher, .. } = self;
+        let Download { file, path, version, hasher, .. } = self;
         let result = (|| {
+            if m.version != version {
+                return Err(format!("downloaded as version {version:?}, the manifest says {:?}", m.version));
+            }
             verify(m, &hasher.finish_hex(), key).map_err(|e| e.to_string())?;
             file.sync_all().map_err(|e| e.to_string())?;
             drop(file);
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
                 .map_err(|e| e.to_string())?;
-            let dest = path.with_file_name(EXECUTABLE);
+            // Verified: only now does the version get its directory.
+            let modules = path.parent().unwrap_or(Path::new("."));
+            let dir = modules.join(&version);
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let dest = dir.join(EXECUTABLE);
             std::fs::rename(&path, &dest).map_err(|e| e.to_string())?;
+            if let Ok(d) = std::fs::File::open(&dir) {
+                let _ = d.sync_all();
+            }
             Ok(dest)
         })();
         if result.is_err() {
@@ -377,7 +406,7 @@ impl Modules {
     /// installed current module whose file no longer has its verified sha256 is not run:
     /// the previous one (or the built-in collector) is used instead.
     pub fn load(data_dir: &Path, builtin_version: &str) -> Modules {
-        let path = modules_dir(data_dir).join("state.json");
+        let path = modules_dir(data_dir).join(STATE_FILE);
         let state: StateFile = match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
                 tracing::error!(file = %path.display(), error = %e, "Unreadable module state; running the built-in collector.");
@@ -414,10 +443,17 @@ impl Modules {
 
     fn save(&self) {
         let dir = modules_dir(&self.data_dir);
-        let tmp = dir.join(".state.json.tmp");
-        let res = std::fs::create_dir_all(&dir)
-            .and_then(|_| std::fs::write(&tmp, serde_json::to_vec_pretty(&self.state).unwrap_or_default()))
-            .and_then(|_| std::fs::rename(&tmp, dir.join("state.json")));
+        let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
+        let res = (|| {
+            std::fs::create_dir_all(&dir)?;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(&self.state).unwrap_or_default())?;
+            f.sync_all()?;
+            drop(f);
+            std::fs::rename(&tmp, dir.join(STATE_FILE))?;
+            // The rename itself survives a crash only once the directory is synced.
+            std::fs::File::open(&dir)?.sync_all()
+        })();
         if let Err(e) = res {
             tracing::error!(dir = %dir.display(), error = %e, "Cannot save the module state; it will not survive a restart.");
         }
@@ -448,7 +484,15 @@ impl Modules {
         self.error = None;
     }
 
-    /// `version` failed download or verification; it was not run.
+    /// Downloading `version` failed (not the module's fault): the current module stays
+    /// `active`; `candidate` and `error` tell what failed until the next attempt.
+    pub fn download_failed(&mut self, version: &str, why: &str) {
+        self.status_state = "active";
+        self.candidate = Some(version.to_string());
+        self.error = Some(format!("download failed (retried at the next check-in): {why}"));
+    }
+
+    /// `version` failed verification; it was not run.
     pub fn rejected(&mut self, version: &str, why: &str) {
         self.status_state = "rejected";
         self.candidate = Some(version.to_string());
@@ -578,7 +622,9 @@ mod tests {
 
     #[test]
     fn versions_cannot_leave_the_modules_dir() {
-        for v in ["", "..", "../x", "a/b", ".hidden", "a b", &"x".repeat(65)] {
+        for v in
+            ["", "..", "../x", "a/b", ".hidden", "a b", &"x".repeat(65), "state.json", "1.partial", "1.tmp"]
+        {
             assert!(check_version(v).is_err(), "{v:?}");
         }
         for v in ["1", "1.2.3-rc.1+build_7"] {
@@ -602,7 +648,11 @@ mod tests {
         d.write(b"tampered").unwrap();
         assert!(d.install(&m, &pk).is_err());
         assert!(!executable(dir.path(), "2").exists());
-        assert_eq!(std::fs::read_dir(dir.path().join("modules/2")).unwrap().count(), 0, "partial removed");
+        assert!(!dir.path().join("modules/2").exists(), "no directory for an unverified version");
+        assert_eq!(std::fs::read_dir(dir.path().join("modules")).unwrap().count(), 0, "partial removed");
+        let d = Download::create(dir.path(), "2").unwrap();
+        d.abandon();
+        assert_eq!(std::fs::read_dir(dir.path().join("modules")).unwrap().count(), 0, "partial removed");
 
         let mut d = Download::create(dir.path(), "2").unwrap();
         d.write(b"module").unwrap();

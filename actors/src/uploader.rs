@@ -101,6 +101,8 @@ pub struct Uploader {
     crash_dir: std::path::PathBuf,
     /// DATA_DIR, where a check-in may have stored an upload token (it wins over token_file).
     data_dir: std::path::PathBuf,
+    /// Check-ins are on (`checkin.url`): a `vigil` sink uses the token they store.
+    checkin_token: bool,
     /// A new token arrived while a connection was being made: make another one with it.
     reconnect: bool,
     /// File holding the newest crash report ID already put into a spooled batch.
@@ -153,6 +155,7 @@ impl Uploader {
             generation: 0,
             crash_dir: data_dir.join("crashes"),
             data_dir: data_dir.to_path_buf(),
+            checkin_token: false,
             reconnect: false,
             crash_marker: spool_dir.join("crash_reports_sent"),
             http_busy: false,
@@ -360,11 +363,21 @@ impl Uploader {
         }
     }
 
-    /// The bearer token: the one a check-in stored, else the sink's `token_file`. Read at
-    /// every connection attempt and request, so a new one is used from then on.
+    /// With check-ins on (`checkin.url` set), a `vigil` sink uses the upload token they
+    /// store in place of its `token_file`. Other sinks (`remote_write`) never do.
+    pub fn with_checkin_token(mut self, checkins: bool) -> Self {
+        self.checkin_token = checkins;
+        self
+    }
+
+    /// The bearer token: for a `vigil` sink with check-ins on, the one a check-in stored;
+    /// else the sink's `token_file`. Read at every connection attempt and request, so a new
+    /// one is used from then on.
     fn token(&mut self) -> Option<String> {
-        if let Some(t) = crate::checkin::stored_token(&self.data_dir) {
-            return Some(t);
+        if self.checkin_token && self.cfg.kind == crate::config::SinkType::Vigil {
+            if let Some(t) = crate::checkin::stored_token(&self.data_dir) {
+                return Some(t);
+            }
         }
         match self.cfg.token_file.as_str() {
             "" => None,
@@ -672,5 +685,34 @@ mod tests {
             assert_eq!(b.samples.len(), MAX_BATCH_SAMPLES);
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_vigil_sinks_with_check_ins_use_the_checkin_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = dir.path().join("own-token");
+        std::fs::write(&own, "own\n").unwrap();
+        crate::checkin::store_token(dir.path(), "rotated").unwrap();
+        let token = |kind, checkins| {
+            let cfg = UploadConfig {
+                name: format!("{kind:?}-{checkins}"),
+                kind,
+                url: "http://127.0.0.1:9/api/v1/write".into(),
+                token_file: own.display().to_string(),
+                ..UploadConfig::default()
+            };
+            let mut up =
+                Uploader::new(cfg, dir.path(), "a".into(), "h".into()).unwrap().with_checkin_token(checkins);
+            up.token()
+        };
+        use crate::config::SinkType;
+        assert_eq!(token(SinkType::Vigil, true).as_deref(), Some("rotated"));
+        assert_eq!(
+            token(SinkType::Vigil, false).as_deref(),
+            Some("own"),
+            "check-ins off: a leftover file is ignored"
+        );
+        assert_eq!(token(SinkType::RemoteWrite, true).as_deref(), Some("own"));
+        assert_eq!(token(SinkType::RemoteWrite, false).as_deref(), Some("own"));
     }
 }

@@ -62,8 +62,11 @@ pub struct ApplyCollectors {
 pub enum ModuleEvent {
     /// Being downloaded and verified.
     Verifying { version: String },
-    /// Download or verification failed: never run.
+    /// Verification failed (or the manifest is unusable): never run, not tried again.
     Rejected { version: String, error: String },
+    /// The download failed (network, HTTP status, local files): not the module's fault;
+    /// tried again at the next check-in.
+    DownloadFailed { version: String, error: String },
     /// Verified and installed: switch to it (graceful restart; probation starts).
     Installed(Installed),
 }
@@ -199,6 +202,10 @@ impl Handler<ModuleEvent> for Supervisor {
                 tracing::error!(module = %version, error = %error, "Collector module rejected; it is not run.");
                 self.modules.rejected(&version, &error);
                 self.last_change = Some(Change::new("module", &version, "rejected", Some(error)));
+            }
+            ModuleEvent::DownloadFailed { version, error } => {
+                tracing::warn!(module = %version, error = %error, "Collector module download failed; retrying at the next check-in.");
+                self.modules.download_failed(&version, &error);
             }
             ModuleEvent::Installed(m) => {
                 if self.modules.is_bad(&m.version) {
