@@ -157,14 +157,13 @@ pub fn assess(s: &Value) -> Verdict {
         }
     }
     let m = &c["module"];
-    match m["state"].as_str() {
-        Some(st @ ("rejected" | "rolled_back")) => v.warnings.push(format!(
+    if let Some(st @ ("rejected" | "rolled_back")) = m["state"].as_str() {
+        v.warnings.push(format!(
             "module {} was {}: {}",
             m["candidate"].as_str().unwrap_or("?"),
             st.replace('_', " "),
             m["error"].as_str().unwrap_or("?")
-        )),
-        _ => {}
+        ));
     }
     let ck = &s["checkin"];
     if let (Some(n @ 1..), Some(err)) = (ck["consecutive_failures"].as_u64(), ck["last_error"].as_str()) {
