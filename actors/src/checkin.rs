@@ -538,7 +538,6 @@ async fn check_in(
     out
 }
 
-/// Downloads, verifies and installs the module of `m`; its executable's path.
 /// Why a module was not installed.
 enum Failure {
     /// The manifest or the file is wrong (verification, size, version): this manifest is
@@ -548,6 +547,7 @@ enum Failure {
     Retry(String),
 }
 
+/// Downloads, verifies and installs the module of `m`; its executable's path.
 async fn fetch_module(s: &CheckinSettings, client: &awc::Client, m: &Manifest) -> Result<PathBuf, Failure> {
     module::check_version(&m.version).map_err(|e| Failure::Refused(e.to_string()))?;
     let url = module_url(&s.config.url, m).map_err(Failure::Refused)?;
