@@ -475,11 +475,14 @@ fn a_failed_download_is_a_failed_check_in_not_a_rejection_and_is_retried() {
     let s = Server::start(&[]);
     let agent = Agent::start(&s.config("", ""), &[]);
     agent.wait_running(1, T);
-    // The manifest is offered, the file is not there yet: 404.
+    // The manifest is offered while the file is not served yet: 404. (Signed outside the
+    // served dir, so no check-in can find the file before the test wants it to.)
     let file = s.dir().join("modules/5.0");
-    s.offer_module("5.0", &std::fs::read(vigil()).unwrap(), "signer");
-    let bytes = std::fs::read(&file).unwrap();
-    std::fs::remove_file(&file).unwrap();
+    let bytes = std::fs::read(vigil()).unwrap();
+    let unserved = s.key("5.0.unserved");
+    std::fs::write(&unserved, &bytes).unwrap();
+    let manifest = s.sign(&unserved, "5.0", "signer");
+    std::fs::write(s.dir().join("module.json"), manifest.to_string()).unwrap();
     let st = agent.wait_status(T, "a failed check-in for the download", |st| {
         st["checkin"]["consecutive_failures"].as_u64() >= Some(1)
             && st["checkin"]["last_error"].as_str().is_some_and(|e| e.contains("404"))
@@ -494,4 +497,29 @@ fn a_failed_download_is_a_failed_check_in_not_a_rejection_and_is_retried() {
         st["collector"]["module"]["version"] == "5.0" && st["collector"]["module"]["state"] == "active"
     });
     s.wait_checkin(&agent, "module applied", |r| last_change(r, "module", "applied"));
+}
+
+#[test]
+fn an_unreachable_checkin_server_backs_off_and_collection_goes_on() {
+    let s = Server::start(&[]);
+    // Nothing listens at this port: every check-in fails.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cfg = s.config("", "").replace(&s.receiver.addr, &format!("127.0.0.1:{port}"));
+    let agent = Agent::start(&cfg, &[]);
+    let first = agent.wait_status(T, "two failed check-ins", |st| {
+        st["checkin"]["consecutive_failures"].as_u64() >= Some(2)
+    });
+    assert!(first["checkin"]["last_error"].is_string(), "{}", first["checkin"]);
+    assert!(first["checkin"]["last_ok_at"].is_null());
+    let load_before = collections(&first, "load");
+    std::thread::sleep(Duration::from_millis(1500));
+    let later = agent.status();
+    // 0.3 s doubling: 0.6, 1.2, 2.4 s… so within 1.5 s at most about two more attempts,
+    // where a fixed 0.3 s interval would have made five.
+    let failures = later["checkin"]["consecutive_failures"].as_u64().unwrap();
+    let added = failures - first["checkin"]["consecutive_failures"].as_u64().unwrap();
+    assert!(added <= 3, "{added} more check-ins in 1.5 s: no backoff");
+    assert_eq!(later["collector"]["state"], "running");
+    assert_eq!(later["collector"]["incarnation"], 1, "check-in failures never restart the collector");
+    assert!(collections(&later, "load") >= load_before + 4, "collection goes on");
 }

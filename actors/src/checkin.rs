@@ -280,13 +280,7 @@ impl Checkin {
     }
 
     fn next_delay(&self) -> Duration {
-        let interval = self.s.config.interval();
-        let n = self.status.consecutive_failures;
-        if n == 0 {
-            return Self::jitter(interval);
-        }
-        let cap = interval.max(MAX_BACKOFF);
-        Self::jitter(interval.mul_f64(2f64.powi(n.min(30) as i32)).min(cap))
+        Self::jitter(backoff(self.s.config.interval(), self.status.consecutive_failures))
     }
 
     fn clients(&mut self) -> Result<(awc::Client, awc::Client), String> {
@@ -538,6 +532,15 @@ async fn check_in(
     out
 }
 
+/// The wait before the next check-in, before jitter: the interval, doubled per failure in
+/// a row, at most max(interval, [`MAX_BACKOFF`]).
+fn backoff(interval: Duration, failures: u32) -> Duration {
+    if failures == 0 {
+        return interval;
+    }
+    interval.mul_f64(2f64.powi(failures.min(30) as i32)).min(interval.max(MAX_BACKOFF))
+}
+
 /// Why a module was not installed.
 enum Failure {
     /// The manifest or the file is wrong (verification, size, version): this manifest is
@@ -589,6 +592,19 @@ async fn fetch_module(s: &CheckinSettings, client: &awc::Client, m: &Manifest) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_back_off_doubling_up_to_the_cap() {
+        let i = Duration::from_secs(300);
+        assert_eq!(backoff(i, 0), i);
+        assert_eq!(backoff(i, 1), Duration::from_secs(600));
+        assert_eq!(backoff(i, 2), Duration::from_secs(1200));
+        assert_eq!(backoff(i, 3), MAX_BACKOFF);
+        assert_eq!(backoff(i, u32::MAX), MAX_BACKOFF);
+        // An interval above the cap is never shortened by a failure.
+        let long = Duration::from_secs(7200);
+        assert_eq!(backoff(long, 5), long);
+    }
 
     #[test]
     fn settings_lay_over_the_config_and_are_checked() {
