@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use vigil_actors::config::UploadConfig;
-use vigil_actors::protocol::WireSample;
-use vigil_actors::uploader::{GetSinkStatus, Publish, Uploader};
+use vigil_actors::upload::protocol::WireSample;
+use vigil_actors::upload::{GetSinkStatus, Publish, Uploader};
 
 fn main() {
     let args: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();

@@ -23,8 +23,8 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter}
 use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::registry::{LookupSpan, Registry};
 use tracing_subscriber::util::SubscriberInitExt;
-use vigil_actors::child_process::OUTPUT_TARGET;
 use vigil_actors::config::{LogFormat, LogLevel};
+use vigil_actors::supervisor::child_process::OUTPUT_TARGET;
 
 /// The environment variable through which the supervisor hands its level to the collector.
 pub const CHILD_LEVEL_ENV: &str = "VIGIL_LOG_LEVEL";

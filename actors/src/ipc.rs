@@ -47,7 +47,7 @@ pub enum ToCollector {
     /// What to collect. Sent right after spawn and whenever it changes (a quarantine starts
     /// or ends); the child (re)starts its collector actors to match.
     Configure {
-        collectors: Box<crate::collectors::CollectorsConfig>,
+        collectors: Box<crate::config::CollectorsConfig>,
         /// Collectors not to run even if enabled (quarantined).
         disabled: Vec<String>,
         /// Host names of the upload URLs (the dns collector's default names).
@@ -70,7 +70,7 @@ pub enum FromCollector {
         collector: String,
         ts_ms: i64,
         duration_ms: f64,
-        samples: Vec<crate::collector::Sample>,
+        samples: Vec<crate::sample::Sample>,
         error: Option<String>,
     },
 }

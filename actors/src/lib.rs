@@ -41,26 +41,16 @@
 //! * [`sd_notify`]: readiness and watchdog notifications to systemd.
 //! * [`spool`]: the durable, checksummed spool of one upload sink (upload itself: issue 4).
 
-pub mod checkin;
-pub mod child_process;
+pub mod backoff;
 pub mod collector;
-pub mod collectors;
 pub mod config;
-pub mod crash_report;
-pub mod fault;
-pub mod heartbeat;
 pub mod ipc;
-pub mod module;
-pub mod parent_link;
-pub mod protocol;
-pub mod remote_write;
 pub mod resolver;
-pub mod sd_notify;
+pub mod sample;
 pub mod signals;
-pub mod spool;
 pub mod supervisor;
-pub mod tls;
-pub mod uploader;
+pub mod upload;
+pub mod validate;
 
 /// The version both processes report.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -11,7 +11,7 @@ use hickory_resolver::config::{ResolveHosts, ResolverConfig, ResolverOpts};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::{Hosts, TokioResolver};
 
-use crate::collector::Env;
+use std::path::Path;
 
 /// A resolver that behaves like the system's, without libc: /etc/hosts, then the
 /// nameservers and search list of /etc/resolv.conf. A missing or unusable resolv.conf
@@ -21,12 +21,19 @@ pub struct SystemResolver {
     resolv_conf_error: Option<String>,
 }
 
-pub fn system_resolver(env: &Env, timeout: Duration) -> SystemResolver {
-    let (config, mut opts, resolv_conf_error) = match crate::collectors::dns::read_resolv_conf(env) {
+/// `/etc/resolv.conf` under `root` (`/` on a live host, a fixture tree in tests), parsed by
+/// hickory (nameservers, search list, options). The error names the file.
+pub fn read_resolv_conf(root: &Path) -> Result<(ResolverConfig, ResolverOpts), String> {
+    let path = root.join("etc/resolv.conf");
+    let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    hickory_resolver::system_conf::parse_resolv_conf(text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A resolver for the host whose files are under `root` (`/` on a live host).
+pub fn system_resolver(root: &Path, timeout: Duration) -> SystemResolver {
+    let (config, mut opts, resolv_conf_error) = match read_resolv_conf(root) {
         Ok((c, o)) => (c, o, None),
-        Err(e) => {
-            (ResolverConfig::from_parts(None, vec![], vec![]), ResolverOpts::default(), Some(e.to_string()))
-        }
+        Err(e) => (ResolverConfig::from_parts(None, vec![], vec![]), ResolverOpts::default(), Some(e)),
     };
     opts.timeout = timeout;
     // Our own hosts file (under the env root) replaces hickory's read of the real one.
@@ -35,7 +42,7 @@ pub fn system_resolver(env: &Env, timeout: Duration) -> SystemResolver {
         .with_options(opts)
         .build();
     let mut hosts = Hosts::default();
-    let path = env.path("/etc/hosts");
+    let path = root.join("etc/hosts");
     match std::fs::File::open(&path).and_then(|f| hosts.read_hosts_conf(f)) {
         Ok(()) => resolver.set_hosts(Arc::new(hosts)),
         Err(e) => tracing::debug!(path = %path.display(), error = %e, "No hosts file; using DNS only."),
@@ -70,7 +77,7 @@ pub struct AwcResolver {
 
 impl AwcResolver {
     pub fn new(timeout: Duration) -> Self {
-        Self { inner: system_resolver(&Env::default(), timeout), timeout }
+        Self { inner: system_resolver(Path::new("/"), timeout), timeout }
     }
 }
 

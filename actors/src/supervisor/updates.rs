@@ -8,10 +8,10 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use super::{KillReason, State, Supervisor};
-use crate::child_process::CloseStdin;
-use crate::collectors::CollectorsConfig;
-use crate::heartbeat::StopHeartbeat;
-use crate::module::{Change, Installed, ModuleStatus};
+use crate::config::CollectorsConfig;
+use crate::supervisor::child_process::CloseStdin;
+use crate::supervisor::heartbeat::StopHeartbeat;
+use crate::supervisor::module::{Change, Installed, ModuleStatus};
 
 /// What a check-in reports about the collector.
 #[derive(Debug, Clone)]

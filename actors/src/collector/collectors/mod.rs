@@ -12,28 +12,19 @@ use crate::collector::{
     collect_guarded, CollectError, Collector, CollectorActor, CollectorConfig, CollectorContext, Env, Sample,
     StopCollector,
 };
-use crate::config::ConfigProblem;
-
-pub mod containers;
-pub mod cpu;
-pub mod disk;
-pub mod dns;
-pub mod fs;
-pub mod load;
-pub mod mem;
-pub mod net;
-pub mod processes;
-pub mod time_drift;
+use crate::validate::ConfigProblem;
 
 macro_rules! registry {
-    ($($name:ident: $ty:ty),* $(,)?) => {
+    ($($name:ident: $ty:ident),* $(,)?) => {
+        $(pub mod $name;)*
+
         /// `[collectors]`: the interval, and one table per collector.
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
         #[serde(deny_unknown_fields, default)]
         pub struct CollectorsConfig {
             /// Seconds between two collections.
             pub interval_secs: f64,
-            $(pub $name: <$ty as Collector>::Config,)*
+            $(pub $name: <$name::$ty as Collector>::Config,)*
         }
 
         impl Default for CollectorsConfig {
@@ -43,16 +34,16 @@ macro_rules! registry {
         }
 
         /// Every collector's name, in list order.
-        pub const NAMES: &[&str] = &[$(<$ty as Collector>::NAME),*];
+        pub const NAMES: &[&str] = &[$(<$name::$ty as Collector>::NAME),*];
 
         impl CollectorsConfig {
             pub fn interval(&self) -> Duration {
-                crate::config::secs(self.interval_secs)
+                crate::validate::secs(self.interval_secs)
             }
 
             /// Each collector's name and whether its table enables it.
             pub fn enabled(&self) -> Vec<(&'static str, bool)> {
-                vec![$((<$ty as Collector>::NAME, self.$name.enabled()),)*]
+                vec![$((<$name::$ty as Collector>::NAME, self.$name.enabled()),)*]
             }
 
             /// Problems in the collector tables, with full key paths.
@@ -71,9 +62,9 @@ macro_rules! registry {
             pub fn start(&self, disabled: &[String], ctx: &CollectorContext) -> Vec<Recipient<StopCollector>> {
                 let mut running = Vec::new();
                 $(
-                    let name = <$ty as Collector>::NAME;
+                    let name = <$name::$ty as Collector>::NAME;
                     if self.$name.enabled() && !disabled.iter().any(|d| d == name) {
-                        let actor = CollectorActor::<$ty>::new(self.$name.clone(), ctx.clone()).start();
+                        let actor = CollectorActor::<$name::$ty>::new(self.$name.clone(), ctx.clone()).start();
                         running.push(actor.recipient());
                     }
                 )*
@@ -83,12 +74,12 @@ macro_rules! registry {
             /// Every enabled collector twice, `gap` apart (rates need two readings); the
             /// second reading's samples, or its error, per collector.
             pub async fn collect_once(&self, env: &Env, gap: Duration) -> Vec<(&'static str, Result<Vec<Sample>, CollectError>)> {
-                $(let mut $name = self.$name.enabled().then(|| <$ty as Collector>::new(&self.$name, env));)*
+                $(let mut $name = self.$name.enabled().then(|| <$name::$ty as Collector>::new(&self.$name, env));)*
                 $(if let Some(c) = $name.as_mut() { let _ = collect_guarded(c).await; })*
                 tokio::time::sleep(gap).await;
                 let mut out = Vec::new();
                 $(if let Some(c) = $name.as_mut() {
-                    out.push((<$ty as Collector>::NAME, collect_guarded(c).await));
+                    out.push((<$name::$ty as Collector>::NAME, collect_guarded(c).await));
                 })*
                 out
             }
@@ -103,14 +94,14 @@ macro_rules! registry {
 }
 
 registry! {
-    cpu: cpu::Cpu,
-    disk: disk::Disk,
-    dns: dns::Dns,
-    fs: fs::Fs,
-    containers: containers::Containers,
-    load: load::Load,
-    mem: mem::Mem,
-    net: net::Net,
-    processes: processes::Processes,
-    time_drift: time_drift::TimeDrift,
+    cpu: Cpu,
+    disk: Disk,
+    dns: Dns,
+    fs: Fs,
+    containers: Containers,
+    load: Load,
+    mem: Mem,
+    net: Net,
+    processes: Processes,
+    time_drift: TimeDrift,
 }

@@ -1,6 +1,6 @@
 //! Collector modules (CONTRACT §9): signed collector executables, their verification, where
 //! they are installed, and which one runs. Plain code, testable without actix or processes;
-//! the [`crate::checkin`] actor downloads, the [`crate::supervisor::Supervisor`] switches.
+//! the [`crate::supervisor::checkin`] actor downloads, the [`crate::supervisor::Supervisor`] switches.
 //!
 //! # Trust
 //!

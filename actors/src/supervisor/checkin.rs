@@ -1,6 +1,6 @@
 //! [`Checkin`]: the supervisor's check-ins (CONTRACT §9, docs/checkins.md).
 //!
-//! Every `checkin.interval_secs` (±10 % jitter) it asks the Supervisor for its state
+//! Every `checkin.interval_secs` (minus up to 10 % jitter, [`crate::backoff`]) it asks the Supervisor for its state
 //! ([`GetCheckinInfo`]), POSTs it as JSON to `checkin.url`, and acts on the answer:
 //!
 //! * `settings`: the `[collectors]` table (same schema), laid over the config file's; checked
@@ -12,7 +12,7 @@
 //!   from then on, in place of their `token_file`.
 //! * `module`: a [`Manifest`]; a version not running, not marked bad and not already rejected
 //!   is downloaded (streamed, at most [`MAX_MODULE_BYTES`], within [`DOWNLOAD_TIMEOUT`]),
-//!   verified, installed ([`crate::module::Download`]) and handed to the Supervisor
+//!   verified, installed ([`crate::supervisor::module::Download`]) and handed to the Supervisor
 //!   ([`ModuleEvent::Installed`]).
 //!
 //! The actor runs on an Arbiter (thread) of its own: downloads, hashing and file writes never
@@ -21,8 +21,7 @@
 //! [`MAX_BACKOFF`]), with the same jitter.
 
 use std::collections::HashMap;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -30,13 +29,14 @@ use futures_util::StreamExt;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::collectors::CollectorsConfig;
 use crate::config::CheckinConfig;
-use crate::module::{self, Change, Installed, Manifest, PublicKey, MAX_MODULE_BYTES};
+use crate::config::CollectorsConfig;
+use crate::supervisor::module::{self, Change, Installed, Manifest, PublicKey, MAX_MODULE_BYTES};
 use crate::supervisor::{
     ApplyCollectors, CheckinInfo, CheckinReport, CheckinStatus, GetCheckinInfo, ModuleEvent, RecordChange,
     Supervisor,
 };
+use crate::upload::token::{check_token, store_token, stored_token, TokenChanged, TOKEN_FILE};
 
 /// A check-in exchange (the request, the answer's headers and its body) may take this long
 /// in total.
@@ -47,56 +47,6 @@ pub const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(1800);
 /// The largest check-in answer accepted.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
-/// The upload token a check-in delivered, in the data dir.
-pub const TOKEN_FILE: &str = "upload.token";
-
-/// The uploaders' cue: a new upload token is in `DATA_DIR/upload.token`; reconnect with it.
-#[derive(Message, Clone)]
-#[rtype(result = "()")]
-pub struct TokenChanged;
-
-/// The longest upload token accepted from a check-in.
-pub const MAX_TOKEN_BYTES: usize = 4096;
-
-/// Whether `t` can be an upload token (it goes into an `Authorization` header): 1 to
-/// [`MAX_TOKEN_BYTES`] bytes of visible ASCII, no spaces or control characters.
-pub fn check_token(t: &str) -> Result<(), String> {
-    if t.is_empty() || t.len() > MAX_TOKEN_BYTES {
-        return Err(format!("a token must have 1 to {MAX_TOKEN_BYTES} bytes, this one has {}", t.len()));
-    }
-    if !t.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("a token must be visible ASCII characters without spaces or control characters".into());
-    }
-    Ok(())
-}
-
-/// The upload token a check-in stored, if any and usable (it overrides the `token_file` of
-/// the `vigil` sinks). One that cannot be a bearer token is ignored, with a warning.
-pub fn stored_token(data_dir: &Path) -> Option<String> {
-    let path = data_dir.join(TOKEN_FILE);
-    let t = std::fs::read_to_string(&path).ok()?;
-    let t = t.trim();
-    match check_token(t) {
-        Ok(()) => Some(t.to_string()),
-        Err(_) if t.is_empty() => None,
-        Err(e) => {
-            tracing::warn!(file = %path.display(), error = %e, "The stored upload token is unusable; ignoring it.");
-            None
-        }
-    }
-}
-
-/// Stores `token` with mode 0600 (a temporary file renamed into place).
-pub fn store_token(data_dir: &Path, token: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = data_dir.join(format!(".{TOKEN_FILE}.tmp"));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-    f.write_all(format!("{token}\n").as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, data_dir.join(TOKEN_FILE))
-}
-
 /// The JSON body POSTed to `checkin.url`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Request {
@@ -275,18 +225,14 @@ impl Checkin {
         }
     }
 
-    fn jitter(d: Duration) -> Duration {
-        d.mul_f64(0.9 + 0.2 * rand::thread_rng().gen::<f64>())
-    }
-
     fn next_delay(&self) -> Duration {
-        Self::jitter(backoff(self.s.config.interval(), self.status.consecutive_failures))
+        crate::backoff::jittered(backoff(self.s.config.interval(), self.status.consecutive_failures))
     }
 
     fn clients(&mut self) -> Result<(awc::Client, awc::Client), String> {
         if self.client.is_none() {
             let tls = if self.s.config.url.starts_with("https://") {
-                Some(crate::tls::client_config(&self.s.config.ca_file)?)
+                Some(crate::upload::tls::client_config(&self.s.config.ca_file)?)
             } else {
                 None
             };
@@ -538,7 +484,7 @@ fn backoff(interval: Duration, failures: u32) -> Duration {
     if failures == 0 {
         return interval;
     }
-    interval.mul_f64(2f64.powi(failures.min(30) as i32)).min(interval.max(MAX_BACKOFF))
+    crate::backoff::exponential(interval * 2, interval.max(MAX_BACKOFF), failures)
 }
 
 /// Why a module was not installed.
@@ -635,34 +581,6 @@ mod tests {
         assert_eq!(module_url(base, &m("/m/x")).unwrap(), "http://10.0.0.1:9780/m/x");
         assert_eq!(module_url(base, &m("https://cdn/x")).unwrap(), "https://cdn/x");
         assert!(module_url(base, &m("x")).is_err());
-    }
-
-    #[test]
-    fn the_stored_token_is_private() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(stored_token(dir.path()), None);
-        store_token(dir.path(), "abc").unwrap();
-        store_token(dir.path(), "def").unwrap();
-        assert_eq!(stored_token(dir.path()).as_deref(), Some("def"));
-        let mode = std::fs::metadata(dir.path().join(TOKEN_FILE)).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-    }
-
-    #[test]
-    fn tokens_that_cannot_be_a_bearer_header_are_refused_and_ignored() {
-        assert_eq!(check_token("abc-DEF_123.~+/="), Ok(()));
-        assert!(check_token(&"x".repeat(MAX_TOKEN_BYTES)).is_ok());
-        for bad in ["", "a b", "a\nb", "a\rb", "a\tb", "é", "a\u{7f}"] {
-            assert!(check_token(bad).is_err(), "{bad:?}");
-        }
-        assert!(check_token(&"x".repeat(MAX_TOKEN_BYTES + 1)).is_err());
-        // A bad stored token (written by an older version, or by hand) is not used.
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(TOKEN_FILE), "good\nsecond line\n").unwrap();
-        assert_eq!(stored_token(dir.path()), None);
-        std::fs::write(dir.path().join(TOKEN_FILE), "good\n").unwrap();
-        assert_eq!(stored_token(dir.path()).as_deref(), Some("good"));
     }
 
     /// A server that accepts a request, sends `head`, then stalls (holding the connection).

@@ -10,8 +10,15 @@
 //! are sent as they are. Labels are sorted by name, as receivers require.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use crate::protocol::Batch;
+use actix::prelude::*;
+
+use super::protocol::{self, Batch};
+use super::Uploader;
+
+/// A request and its whole answer must be done within this.
+const HTTP_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct WriteRequest {
@@ -102,10 +109,110 @@ pub fn outcome(status: u16) -> Outcome {
     }
 }
 
+impl Uploader {
+    /// remote_write: POSTs the oldest unacknowledged batch, one request at a time, so
+    /// batches arrive in order. 2xx removes it from the spool; 429/5xx/network errors retry
+    /// with backoff; any other 4xx drops it (counted as `rejected`): the receiver will never
+    /// take it, and keeping it would block every later batch.
+    pub(super) fn pump_http(&mut self, ctx: &mut Context<Self>) {
+        if self.http_busy {
+            return;
+        }
+        let Some(rec) = self.spool.pending().next().cloned() else { return };
+        let batch: Batch = match protocol::decode(&rec.payload) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(sink = %self.cfg.name, seq = rec.seq, error = %e, "Spooled batch does not decode; dropped.");
+                self.ack_http(rec.seq, ctx);
+                return;
+            }
+        };
+        let body = encode_body(&to_write_request(&batch));
+        let client = match &self.http {
+            Some(c) => c.clone(),
+            None => match self.tls() {
+                Ok(tls) => {
+                    self.http.insert(crate::resolver::http_client(Duration::from_secs(30), tls)).clone()
+                }
+                Err(e) => return self.retry_http(ctx, e),
+            },
+        };
+        let mut req = client
+            .post(self.cfg.url.as_str())
+            .insert_header(("Content-Encoding", "snappy"))
+            .insert_header(("Content-Type", "application/x-protobuf"))
+            .insert_header(("X-Prometheus-Remote-Write-Version", "0.1.0"));
+        if let Some(t) = self.token() {
+            req = req.bearer_auth(t);
+        }
+        self.http_busy = true;
+        let exchange = async move {
+            let mut resp = req.send_body(body).await.map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            let text = resp
+                .body()
+                .limit(4096)
+                .await
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            Ok::<_, String>((status, text))
+        };
+        // The client's timeout ends at the response headers; a receiver that then stalls
+        // must not hold the sink (one request at a time) for ever.
+        let fut = async move {
+            tokio::time::timeout(HTTP_EXCHANGE_TIMEOUT, exchange).await.unwrap_or_else(|_| {
+                Err(format!("no complete answer within {} s", HTTP_EXCHANGE_TIMEOUT.as_secs()))
+            })
+        };
+        let samples = batch.samples.len() as u64;
+        ctx.spawn(fut.into_actor(self).map(move |res, this, ctx| {
+            this.http_busy = false;
+            match res.map(|(code, text)| (outcome(code), code, text)) {
+                Ok((Outcome::Delivered, _, _)) => {
+                    this.http_ok = true;
+                    this.backoff.reset();
+                    this.last_error = None;
+                    this.acked_batches += 1;
+                    this.ack_http(rec.seq, ctx);
+                }
+                Ok((Outcome::Reject, code, text)) => {
+                    tracing::error!(sink = %this.cfg.name, seq = rec.seq, status = code, response = %text.trim(), "Receiver rejected a batch; dropped (counted as rejected).");
+                    this.error(format!("HTTP {code}: {}", text.trim()));
+                    this.rejected_samples += samples;
+                    this.ack_http(rec.seq, ctx);
+                }
+                Ok((Outcome::Retry, code, text)) => this.retry_http(ctx, format!("HTTP {code}: {}", text.trim())),
+                Err(e) => this.retry_http(ctx, e),
+            }
+        }));
+    }
+
+    fn ack_http(&mut self, seq: u64, ctx: &mut Context<Self>) {
+        if let Err(e) = self.spool.ack(seq) {
+            tracing::error!(sink = %self.cfg.name, error = %e, "Cannot record an ack in the spool.");
+            self.error(format!("spool: {e}"));
+            return;
+        }
+        self.pump_http(ctx);
+    }
+
+    fn retry_http(&mut self, ctx: &mut Context<Self>, why: String) {
+        self.http_ok = false;
+        self.http_busy = true;
+        let delay = self.backoff.next_delay();
+        tracing::warn!(sink = %self.cfg.name, error = %why, retry_in_ms = delay.as_millis() as u64, spooled = self.spool.pending_len(), "remote_write failed; batches stay in the spool.");
+        self.error(why);
+        ctx.run_later(delay, |this, ctx| {
+            this.http_busy = false;
+            this.pump_http(ctx);
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::WireSample;
+    use crate::upload::protocol::WireSample;
 
     #[test]
     fn batch_becomes_sorted_labelled_series_and_round_trips() {

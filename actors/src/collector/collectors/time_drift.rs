@@ -107,7 +107,7 @@ impl Collector for TimeDrift {
 
     async fn collect(&mut self, out: &mut Vec<Sample>) -> Result<(), CollectError> {
         let needs_names = self.servers.iter().any(|(_, t)| matches!(t, Target::Host { .. }));
-        let resolver = needs_names.then(|| crate::resolver::system_resolver(&self.env, self.timeout));
+        let resolver = needs_names.then(|| crate::resolver::system_resolver(&self.env.root, self.timeout));
         let probes = self.servers.iter().map(|(_, target)| async {
             let addr = match target {
                 Target::Addr(a) => *a,

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use crate::child_process::SendToChild;
 use crate::ipc::ToCollector;
+use crate::supervisor::child_process::SendToChild;
 
 /// An ack arrived from the child.
 #[derive(Message, Debug)]

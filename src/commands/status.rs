@@ -12,7 +12,7 @@ use serde_json::Value;
 use vigil_actors::config::{ListenAddr, StatusConfig};
 
 use crate::config;
-use crate::crashes::{how, human_bytes};
+use crate::format::{how, human_bytes, human_ms};
 use crate::http_client::{self, Target};
 
 /// Exit code when the agent answered and is not healthy.
@@ -179,23 +179,6 @@ pub fn assess(s: &Value) -> Verdict {
         }
     }
     v
-}
-
-/// `1234` → `1.2 s`; `7384000` → `2h 03m 04s`; below a second, milliseconds.
-pub fn human_ms(ms: u64) -> String {
-    if ms < 1000 {
-        return format!("{ms} ms");
-    }
-    if ms < 60_000 {
-        return format!("{:.1} s", ms as f64 / 1000.0);
-    }
-    let secs = ms / 1000;
-    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
-    match (d, h) {
-        (0, 0) => format!("{m}m {s:02}s"),
-        (0, _) => format!("{h}h {m:02}m {s:02}s"),
-        _ => format!("{d}d {h:02}h {m:02}m"),
-    }
 }
 
 fn or_dash(v: &Value) -> String {

@@ -1,9 +1,11 @@
 //! The supervisor's local HTTP endpoint (CONTRACT §5): `/status`, `/healthz`, `/metrics`
-//! (rendered by [`crate::metrics`]), and the crash reports: `/crashes`, `/crashes/{id}` and
-//! `/crashes/{id}/stderr` (read by [`crate::crashes`]).
+//! (rendered by [`crate::endpoint::metrics`]), and the crash reports: `/crashes`, `/crashes/{id}` and
+//! `/crashes/{id}/stderr` (read by [`crate::commands::crashes`]).
 //!
 //! It runs on actix-web worker threads and only talks to the Supervisor through
 //! `GetStatus`, so a slow or hostile client can never block supervision.
+
+pub mod metrics;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::PathBuf;
@@ -13,7 +15,7 @@ use actix_web::{http::header, web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context as _;
 use vigil_actors::config::ListenAddr;
 use vigil_actors::supervisor::{GetLatest, GetStatus, Supervisor};
-use vigil_actors::uploader::{GetSinkStatus, Uploader};
+use vigil_actors::upload::{GetSinkStatus, Uploader};
 
 struct AppState {
     supervisor: Addr<Supervisor>,
@@ -97,17 +99,7 @@ fn authorized(req: &HttpRequest, state: &AppState) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    token_matches(got, want)
-}
-
-/// Compares a presented token with the expected one in time independent of where they differ.
-pub(crate) fn token_matches(got: &str, want: &str) -> bool {
-    let (a, b) = (got.as_bytes(), want.as_bytes());
-    let mut diff = u8::from(a.len() != b.len());
-    for i in 0..a.len().max(b.len()) {
-        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
-    }
-    diff == 0
+    crate::auth::token_matches(got, want)
 }
 
 fn unauthorized() -> HttpResponse {
@@ -176,25 +168,25 @@ async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
             sinks.push(st);
         }
     }
-    let body = crate::metrics::render(&crate::metrics::Scrape {
+    let body = metrics::render(&metrics::Scrape {
         status: &status,
         sinks: &sinks,
         latest: &latest,
         now_ms: chrono::Utc::now().timestamp_millis(),
         stale_after: state.stale_after,
     });
-    HttpResponse::Ok().content_type(crate::metrics::CONTENT_TYPE).body(body)
+    HttpResponse::Ok().content_type(metrics::CONTENT_TYPE).body(body)
 }
 
-/// `/crashes`: every report, newest first, as `crate::crashes::Entry::to_json`.
+/// `/crashes`: every report, newest first, as `crate::reports::Entry::to_json`.
 async fn crashes(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     if !authorized(&req, &state) {
         return unauthorized();
     }
     let dir = state.crash_dir.clone();
-    match web::block(move || crate::crashes::list(&dir)).await {
+    match web::block(move || crate::reports::list(&dir)).await {
         Ok(Ok(entries)) => {
-            HttpResponse::Ok().json(entries.iter().map(crate::crashes::Entry::to_json).collect::<Vec<_>>())
+            HttpResponse::Ok().json(entries.iter().map(crate::reports::Entry::to_json).collect::<Vec<_>>())
         }
         Ok(Err(e)) => HttpResponse::InternalServerError().json(serde_json::json!({ "error": e.to_string() })),
         Err(e) => HttpResponse::InternalServerError().json(serde_json::json!({ "error": e.to_string() })),
@@ -202,12 +194,12 @@ async fn crashes(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// Reads one report off the worker thread; the error answer when that fails.
-async fn load_report(state: &AppState, id: String) -> Result<crate::crashes::Shown, HttpResponse> {
-    use crate::crashes::ShowError;
+async fn load_report(state: &AppState, id: String) -> Result<crate::reports::Shown, HttpResponse> {
+    use crate::reports::ShowError;
     let dir = state.crash_dir.clone();
     let shown = web::block({
         let id = id.clone();
-        move || crate::crashes::show(&dir, &id)
+        move || crate::reports::show(&dir, &id)
     })
     .await
     .map_err(|e| HttpResponse::InternalServerError().json(serde_json::json!({ "error": e.to_string() })))?;

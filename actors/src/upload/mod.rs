@@ -10,20 +10,23 @@
 //! (1 s doubling to 60 s, minus up to 20 % jitter); an idle connection is pinged every
 //! [`PING_EVERY`].
 
+mod native;
+pub mod protocol;
+mod remote_write;
+pub mod spool;
+pub mod tls;
+pub mod token;
+
 use std::path::Path;
 use std::time::Duration;
 
 use actix::prelude::*;
-use awc::ws;
-use futures_util::{SinkExt, StreamExt};
-use rand::Rng;
 use serde::Serialize;
-use tokio::sync::mpsc;
 
+use crate::backoff::Backoff;
 use crate::config::{SinkType, UploadConfig};
-use crate::protocol::{self, Batch, ServerMsg, WireSample};
-use crate::remote_write::{self, Outcome};
-use crate::spool::{Spool, SpoolError};
+use crate::upload::protocol::{Batch, WireSample};
+use crate::upload::spool::{Spool, SpoolError};
 
 /// Batches sent and not yet acknowledged, at most.
 pub const WINDOW: u64 = 16;
@@ -34,10 +37,14 @@ pub const MAX_BUFFERED: usize = 1_000_000;
 /// The size cap of a batch: a buffer this full is flushed at once, without waiting for the
 /// interval (about 4 MiB of MessagePack; receivers accept messages up to 64 MiB).
 pub const MAX_BATCH_SAMPLES: usize = 50_000;
+/// Reconnects and retries wait 1 s, doubling to [`BACKOFF_MAX`] ([`crate::backoff`]).
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
-/// remote_write: a request and its whole answer must be done within this.
-const HTTP_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(60);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// The crash reports a sink sends, handed in by its owner (the sink never reads the crash
+/// dir itself): given the ID of the newest report this sink already spooled (`""` for none),
+/// every newer one in ID order, as JSON or the reason it cannot be read.
+pub type CrashReportSource = Box<dyn Fn(&str) -> Vec<(String, Result<serde_json::Value, String>)> + Send>;
 
 /// Samples for the next batch.
 #[derive(Message, Clone)]
@@ -71,13 +78,6 @@ pub struct SinkStatus {
 #[rtype(result = "SinkStatus")]
 pub struct GetSinkStatus;
 
-#[derive(Message)]
-#[rtype(result = "()")]
-enum ConnEvent {
-    Acked(u64),
-    Closed(String),
-}
-
 pub struct Uploader {
     cfg: UploadConfig,
     agent_id: String,
@@ -85,11 +85,11 @@ pub struct Uploader {
     spool: Spool,
     buffer: Vec<WireSample>,
     /// Sender to the connection's writer task, while connected.
-    conn: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    conn: Option<tokio::sync::mpsc::UnboundedSender<Vec<u8>>>,
     connecting: bool,
     /// Highest seq sent on the current connection.
     sent_upto: u64,
-    backoff: Duration,
+    backoff: Backoff,
     acked_batches: u64,
     dropped_buffer: u64,
     /// Every error that set `last_error`, counted.
@@ -97,8 +97,8 @@ pub struct Uploader {
     last_error: Option<String>,
     /// Bumped per connection, so events of an old one are ignored.
     generation: u64,
-    /// DATA_DIR/crashes: reports go out with the next batch.
-    crash_dir: std::path::PathBuf,
+    /// Where the crash reports to send come from: reports go out with the next batch.
+    crash_reports: Option<CrashReportSource>,
     /// DATA_DIR, where a check-in may have stored an upload token (it wins over token_file).
     data_dir: std::path::PathBuf,
     /// Check-ins are on (`checkin.url`): a `vigil` sink uses the token they store.
@@ -147,13 +147,13 @@ impl Uploader {
             conn: None,
             connecting: false,
             sent_upto: 0,
-            backoff: BACKOFF_MIN,
+            backoff: Backoff::new(BACKOFF_MIN, BACKOFF_MAX),
             acked_batches: 0,
             dropped_buffer: 0,
             errors: 0,
             last_error: None,
             generation: 0,
-            crash_dir: data_dir.join("crashes"),
+            crash_reports: None,
             data_dir: data_dir.to_path_buf(),
             checkin_token: false,
             reconnect: false,
@@ -184,16 +184,17 @@ impl Uploader {
         }
     }
 
-    /// Crash reports newer than the last one spooled for this sink (IDs sort by time).
+    /// Crash reports newer than the last one spooled for this sink (IDs sort by time), from
+    /// the source the owner handed in ([`Uploader::with_crash_reports`]).
     fn new_crash_reports(&self) -> (Vec<serde_json::Value>, Option<String>) {
+        let Some(source) = &self.crash_reports else { return (Vec::new(), None) };
         let last =
             std::fs::read_to_string(&self.crash_marker).map(|s| s.trim().to_string()).unwrap_or_default();
-        let ids = crate::crash_report::list_ids(&self.crash_dir).unwrap_or_default();
         let mut out = Vec::new();
         let mut newest = None;
-        for id in ids.into_iter().filter(|id| *id > last) {
-            match crate::crash_report::load(&self.crash_dir, &id) {
-                Ok(r) => out.push(serde_json::to_value(&r).unwrap_or_default()),
+        for (id, report) in source(&last) {
+            match report {
+                Ok(r) => out.push(r),
                 Err(e) => {
                     tracing::warn!(sink = %self.cfg.name, error = %e, "Cannot read a crash report to upload.")
                 }
@@ -236,131 +237,28 @@ impl Uploader {
         self.pump(ctx);
     }
 
-    /// Sends pending batches up to the window.
+    /// Sends pending batches: over the WebSocket up to the window ([`native`]), or one
+    /// request at a time ([`remote_write`]).
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        if self.cfg.kind == SinkType::RemoteWrite {
-            return self.pump_http(ctx);
+        match self.cfg.kind {
+            SinkType::RemoteWrite => self.pump_http(ctx),
+            SinkType::Vigil => self.pump_ws(),
         }
-        let Some(tx) = &self.conn else { return };
-        let acked = self.spool.acked();
-        let start = self.sent_upto.max(acked);
-        for rec in self.spool.pending().filter(|r| r.seq > start) {
-            if rec.seq > acked + WINDOW {
-                break;
-            }
-            if tx.send(rec.payload.clone()).is_err() {
-                break;
-            }
-            self.sent_upto = rec.seq;
-        }
-    }
-
-    /// remote_write: POSTs the oldest unacknowledged batch, one request at a time, so
-    /// batches arrive in order. 2xx removes it from the spool; 429/5xx/network errors retry
-    /// with backoff; any other 4xx drops it (counted as `rejected`): the receiver will never
-    /// take it, and keeping it would block every later batch.
-    fn pump_http(&mut self, ctx: &mut Context<Self>) {
-        if self.http_busy {
-            return;
-        }
-        let Some(rec) = self.spool.pending().next().cloned() else { return };
-        let batch: Batch = match protocol::decode(&rec.payload) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(sink = %self.cfg.name, seq = rec.seq, error = %e, "Spooled batch does not decode; dropped.");
-                self.ack_http(rec.seq, ctx);
-                return;
-            }
-        };
-        let body = remote_write::encode_body(&remote_write::to_write_request(&batch));
-        let client = match &self.http {
-            Some(c) => c.clone(),
-            None => match self.tls() {
-                Ok(tls) => {
-                    self.http.insert(crate::resolver::http_client(Duration::from_secs(30), tls)).clone()
-                }
-                Err(e) => return self.retry_http(ctx, e),
-            },
-        };
-        let mut req = client
-            .post(self.cfg.url.as_str())
-            .insert_header(("Content-Encoding", "snappy"))
-            .insert_header(("Content-Type", "application/x-protobuf"))
-            .insert_header(("X-Prometheus-Remote-Write-Version", "0.1.0"));
-        if let Some(t) = self.token() {
-            req = req.bearer_auth(t);
-        }
-        self.http_busy = true;
-        let exchange = async move {
-            let mut resp = req.send_body(body).await.map_err(|e| e.to_string())?;
-            let status = resp.status().as_u16();
-            let text = resp
-                .body()
-                .limit(4096)
-                .await
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default();
-            Ok::<_, String>((status, text))
-        };
-        // The client's timeout ends at the response headers; a receiver that then stalls
-        // must not hold the sink (one request at a time) for ever.
-        let fut = async move {
-            tokio::time::timeout(HTTP_EXCHANGE_TIMEOUT, exchange).await.unwrap_or_else(|_| {
-                Err(format!("no complete answer within {} s", HTTP_EXCHANGE_TIMEOUT.as_secs()))
-            })
-        };
-        let samples = batch.samples.len() as u64;
-        ctx.spawn(fut.into_actor(self).map(move |res, this, ctx| {
-            this.http_busy = false;
-            match res.map(|(code, text)| (remote_write::outcome(code), code, text)) {
-                Ok((Outcome::Delivered, _, _)) => {
-                    this.http_ok = true;
-                    this.backoff = BACKOFF_MIN;
-                    this.last_error = None;
-                    this.acked_batches += 1;
-                    this.ack_http(rec.seq, ctx);
-                }
-                Ok((Outcome::Reject, code, text)) => {
-                    tracing::error!(sink = %this.cfg.name, seq = rec.seq, status = code, response = %text.trim(), "Receiver rejected a batch; dropped (counted as rejected).");
-                    this.error(format!("HTTP {code}: {}", text.trim()));
-                    this.rejected_samples += samples;
-                    this.ack_http(rec.seq, ctx);
-                }
-                Ok((Outcome::Retry, code, text)) => this.retry_http(ctx, format!("HTTP {code}: {}", text.trim())),
-                Err(e) => this.retry_http(ctx, e),
-            }
-        }));
-    }
-
-    fn ack_http(&mut self, seq: u64, ctx: &mut Context<Self>) {
-        if let Err(e) = self.spool.ack(seq) {
-            tracing::error!(sink = %self.cfg.name, error = %e, "Cannot record an ack in the spool.");
-            self.error(format!("spool: {e}"));
-            return;
-        }
-        self.pump_http(ctx);
-    }
-
-    fn retry_http(&mut self, ctx: &mut Context<Self>, why: String) {
-        self.http_ok = false;
-        self.http_busy = true;
-        let delay = self.backoff.mul_f64(1.0 - 0.2 * rand::thread_rng().gen::<f64>());
-        tracing::warn!(sink = %self.cfg.name, error = %why, retry_in_ms = delay.as_millis() as u64, spooled = self.spool.pending_len(), "remote_write failed; batches stay in the spool.");
-        self.error(why);
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-        ctx.run_later(delay, |this, ctx| {
-            this.http_busy = false;
-            this.pump_http(ctx);
-        });
     }
 
     /// The TLS settings for a `https://` or `wss://` URL, `None` for plain ones.
     fn tls(&self) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, String> {
         if self.cfg.url.starts_with("https://") || self.cfg.url.starts_with("wss://") {
-            crate::tls::client_config(&self.cfg.ca_file).map(Some)
+            crate::upload::tls::client_config(&self.cfg.ca_file).map(Some)
         } else {
             Ok(None)
         }
+    }
+
+    /// The crash reports this sink sends with its batches (none without a source).
+    pub fn with_crash_reports(mut self, source: CrashReportSource) -> Self {
+        self.crash_reports = Some(source);
+        self
     }
 
     /// With check-ins on (`checkin.url` set), a `vigil` sink uses the upload token they
@@ -375,7 +273,7 @@ impl Uploader {
     /// one is used from then on.
     fn token(&mut self) -> Option<String> {
         if self.checkin_token && self.cfg.kind == crate::config::SinkType::Vigil {
-            if let Some(t) = crate::checkin::stored_token(&self.data_dir) {
+            if let Some(t) = crate::upload::token::stored_token(&self.data_dir) {
                 return Some(t);
             }
         }
@@ -389,64 +287,6 @@ impl Uploader {
                 }
             },
         }
-    }
-
-    fn connect(&mut self, ctx: &mut Context<Self>) {
-        if self.connecting || self.conn.is_some() {
-            return;
-        }
-        self.connecting = true;
-        self.generation += 1;
-        let generation = self.generation;
-        let url = self.cfg.url.clone();
-        let token = self.token();
-        let tls = self.tls();
-        let fut = async move {
-            // Names resolve through hickory, never libc's getaddrinfo.
-            let client = crate::resolver::http_client(Duration::from_secs(10), tls?);
-            let mut req = client.ws(url.as_str());
-            if let Some(t) = token {
-                req = req.bearer_auth(t);
-            }
-            req.connect().await.map(|(_, framed)| framed).map_err(|e| e.to_string())
-        };
-        ctx.spawn(fut.into_actor(self).map(move |res, this, ctx| {
-            this.connecting = false;
-            if std::mem::take(&mut this.reconnect) {
-                // Made with the old token: connect again with the new one.
-                this.backoff = BACKOFF_MIN;
-                return this.connect(ctx);
-            }
-            match res {
-                Ok(framed) => {
-                    tracing::info!(sink = %this.cfg.name, url = %this.cfg.url, "Upload connection established.");
-                    this.backoff = BACKOFF_MIN;
-                    this.last_error = None;
-                    let (tx, rx) = mpsc::unbounded_channel();
-                    this.conn = Some(tx);
-                    this.sent_upto = this.spool.acked();
-                    run_connection(framed, rx, ctx.address(), generation);
-                    this.pump(ctx);
-                }
-                Err(e) => this.disconnected(ctx, e),
-            }
-        }));
-    }
-
-    fn disconnected(&mut self, ctx: &mut Context<Self>, why: String) {
-        self.conn = None;
-        let jitter = 1.0 - 0.2 * rand::thread_rng().gen::<f64>();
-        let delay = self.backoff.mul_f64(jitter);
-        tracing::warn!(
-            sink = %self.cfg.name,
-            error = %why,
-            retry_in_ms = delay.as_millis() as u64,
-            spooled = self.spool.pending_len(),
-            "Upload connection failed; batches stay in the spool."
-        );
-        self.error(why);
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-        ctx.run_later(delay, |this, ctx| this.connect(ctx));
     }
 
     fn status(&self) -> SinkStatus {
@@ -476,63 +316,6 @@ impl Uploader {
             last_error: self.last_error.clone(),
         }
     }
-}
-
-/// Drives one WebSocket connection: writes queued batches (and pings when idle), reads
-/// acks. Ends with `Closed` on any error or close.
-fn run_connection<F>(
-    framed: F,
-    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
-    addr: Addr<Uploader>,
-    generation: u64,
-) where
-    F: futures_util::Sink<ws::Message, Error = awc::error::WsProtocolError>
-        + futures_util::Stream<Item = Result<ws::Frame, awc::error::WsProtocolError>>
-        + 'static,
-{
-    let (mut sink, mut stream) = framed.split();
-    actix_rt::spawn(async move {
-        let why = loop {
-            tokio::select! {
-                out = rx.recv() => match out {
-                    Some(bytes) => {
-                        if let Err(e) = sink.send(ws::Message::Binary(bytes.into())).await {
-                            break format!("send: {e}");
-                        }
-                    }
-                    None => break "closed by the uploader".to_string(),
-                },
-                frame = stream.next() => match frame {
-                    Some(Ok(ws::Frame::Binary(b))) => match protocol::decode::<ServerMsg>(&b) {
-                        Ok(ServerMsg::Ack { seq }) => addr.do_send(Conn { generation, ev: ConnEvent::Acked(seq) }),
-                        Err(e) => tracing::warn!(error = %e, "Ignoring an undecodable message from the receiver."),
-                    },
-                    Some(Ok(ws::Frame::Ping(p))) => {
-                        if sink.send(ws::Message::Pong(p)).await.is_err() {
-                            break "send pong failed".to_string();
-                        }
-                    }
-                    Some(Ok(ws::Frame::Close(reason))) => break format!("closed by the receiver: {reason:?}"),
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => break format!("receive: {e}"),
-                    None => break "connection closed".to_string(),
-                },
-                _ = tokio::time::sleep(PING_EVERY) => {
-                    if let Err(e) = sink.send(ws::Message::Ping(Vec::new().into())).await {
-                        break format!("ping: {e}");
-                    }
-                }
-            }
-        };
-        addr.do_send(Conn { generation, ev: ConnEvent::Closed(why) });
-    });
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Conn {
-    generation: u64,
-    ev: ConnEvent,
 }
 
 impl Actor for Uploader {
@@ -597,38 +380,12 @@ impl Handler<Publish> for Uploader {
     }
 }
 
-impl Handler<Conn> for Uploader {
+impl Handler<crate::upload::token::TokenChanged> for Uploader {
     type Result = ();
 
-    fn handle(&mut self, Conn { generation, ev }: Conn, ctx: &mut Context<Self>) {
-        if generation != self.generation {
-            return;
-        }
-        match ev {
-            ConnEvent::Acked(seq) => {
-                let before = self.spool.acked();
-                if let Err(e) = self.spool.ack(seq) {
-                    tracing::error!(sink = %self.cfg.name, error = %e, "Cannot record an ack in the spool.");
-                    self.error(format!("spool: {e}"));
-                }
-                self.acked_batches += self.spool.acked().saturating_sub(before);
-                self.pump(ctx);
-            }
-            ConnEvent::Closed(why) => {
-                if self.conn.is_some() {
-                    self.disconnected(ctx, why);
-                }
-            }
-        }
-    }
-}
-
-impl Handler<crate::checkin::TokenChanged> for Uploader {
-    type Result = ();
-
-    fn handle(&mut self, _: crate::checkin::TokenChanged, ctx: &mut Context<Self>) {
+    fn handle(&mut self, _: crate::upload::token::TokenChanged, ctx: &mut Context<Self>) {
         tracing::info!(sink = %self.cfg.name, "New upload token; reconnecting with it.");
-        self.backoff = BACKOFF_MIN;
+        self.backoff.reset();
         if self.cfg.kind == SinkType::RemoteWrite {
             return; // read at every request
         }
@@ -692,7 +449,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let own = dir.path().join("own-token");
         std::fs::write(&own, "own\n").unwrap();
-        crate::checkin::store_token(dir.path(), "rotated").unwrap();
+        crate::upload::token::store_token(dir.path(), "rotated").unwrap();
         let token = |kind, checkins| {
             let cfg = UploadConfig {
                 name: format!("{kind:?}-{checkins}"),

@@ -18,7 +18,9 @@ use std::sync::Mutex;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context as _;
 use futures_util::StreamExt;
-use vigil_actors::protocol::{self, Batch, ServerMsg};
+use vigil_actors::upload::protocol::{self, Batch, ServerMsg};
+
+use crate::auth::Token;
 
 struct Store {
     out: File,
@@ -65,7 +67,7 @@ impl Store {
             sink: &'a str,
             seq: u64,
             host: &'a str,
-            samples: &'a [vigil_actors::protocol::WireSample],
+            samples: &'a [vigil_actors::upload::protocol::WireSample],
             crash_reports: &'a [serde_json::Value],
         }
         let line = Line {
@@ -121,38 +123,6 @@ pub fn main(args: Args) -> ExitCode {
     }
 }
 
-/// The bearer tokens accepted, when `--token-file` is given: its token, and the token the
-/// check-in directory hands out (`DIR/token`, read at every request, so a rotation through
-/// check-ins is accepted at once).
-pub struct Token {
-    pub fixed: Option<String>,
-    pub checkin_dir: Option<PathBuf>,
-}
-
-impl Token {
-    /// Whether `req` may pass: always without `--token-file`; else when its bearer token is
-    /// the `--token-file` token or the current `DIR/token`.
-    pub fn allows(&self, req: &HttpRequest) -> bool {
-        let Some(fixed) = &self.fixed else { return true };
-        let got = req
-            .headers()
-            .get(actix_web::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if crate::status::token_matches(got, fixed) {
-            return true;
-        }
-        let rotated = self
-            .checkin_dir
-            .as_ref()
-            .and_then(|d| std::fs::read_to_string(d.join("token")).ok())
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty());
-        rotated.is_some_and(|t| crate::status::token_matches(got, &t))
-    }
-}
-
 /// The server side of TLS: the certificate chain and key of `--tls-cert`/`--tls-key`.
 fn server_tls(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
     use rustls::pki_types::pem::PemObject;
@@ -163,7 +133,7 @@ fn server_tls(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
     anyhow::ensure!(!chain.is_empty(), "{} holds no PEM certificate", cert.display());
     let key = PrivateKeyDer::from_pem_file(key)
         .with_context(|| format!("cannot read a private key from {}", key.display()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(vigil_actors::tls::provider())
+    let mut config = rustls::ServerConfig::builder_with_provider(vigil_actors::upload::tls::provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(chain, key)
@@ -174,7 +144,8 @@ fn server_tls(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let Args { listen, out, token_file, tls_cert, tls_key, checkin_dir } = args;
-    let checkin = checkin_dir.clone().map(|d| web::Data::new(crate::checkin_server::CheckinDir::new(d)));
+    let checkin =
+        checkin_dir.clone().map(|d| web::Data::new(crate::commands::checkin_server::CheckinDir::new(d)));
     let tls = match (&tls_cert, &tls_key) {
         (Some(c), Some(k)) => Some(server_tls(c, k)?),
         _ => None,
@@ -201,7 +172,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 .route("/v1/ingest", web::get().to(ingest))
                 .configure(|c| {
                     if let Some(dir) = checkin {
-                        crate::checkin_server::routes(c, dir)
+                        crate::commands::checkin_server::routes(c, dir)
                     }
                 })
         })

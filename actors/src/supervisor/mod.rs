@@ -29,14 +29,22 @@
 //! applied by a *graceful restart* (stdin closed, `stop_grace_secs`, then SIGKILL; the exit is
 //! a requested one, not a crash, and the next incarnation starts at once). A new module is on
 //! probation: if it crash-loops within `crash_loop_window_secs` of the switch, the previous
-//! module comes back ([`crate::module::Modules::on_crash`]).
+//! module comes back ([`crate::supervisor::module::Modules::on_crash`]).
 
+pub mod checkin;
+pub mod child_process;
+pub mod crash_report;
+pub mod heartbeat;
+pub mod module;
+pub mod policy;
+pub mod sd_notify;
 mod updates;
+pub use policy::{Quarantine, RestartDecision, RestartPolicy};
 pub use updates::{
     ApplyCollectors, CheckinInfo, CheckinReport, CheckinStatus, GetCheckinInfo, ModuleEvent, RecordChange,
 };
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -45,17 +53,17 @@ use actix::prelude::*;
 use rand::Rng;
 use serde::Serialize;
 
-use crate::child_process::{
+use crate::collector::collectors::{CollectorsConfig, NAMES};
+use crate::config::SupervisorConfig;
+use crate::ipc::{FromCollector, ToCollector};
+use crate::sample::Sample;
+use crate::signals::signal_name;
+use crate::supervisor::child_process::{
     ChildEvents, ChildExited, ChildMessage, ChildProcess, ChildStdoutClosed, Kill, SendToChild, SpawnSpec,
 };
-use crate::collector::Sample;
-use crate::collectors::{CollectorsConfig, NAMES};
-use crate::config::SupervisorConfig;
-use crate::crash_report::{self, CrashReport, LastExit};
-use crate::heartbeat::{Ack, ChildUnresponsive, Heartbeat, HeartbeatObserved, StopHeartbeat};
-use crate::ipc::{FromCollector, ToCollector};
-use crate::module::{Change, ModuleStatus, Modules};
-use crate::signals::signal_name;
+use crate::supervisor::crash_report::{CrashReport, LastExit};
+use crate::supervisor::heartbeat::{Ack, ChildUnresponsive, Heartbeat, HeartbeatObserved, StopHeartbeat};
+use crate::supervisor::module::{Change, ModuleStatus, Modules};
 
 /// Lifecycle state of the collector as `/status` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -87,62 +95,6 @@ impl State {
     }
 }
 
-/// Backoff and crash-loop bookkeeping; plain code so it is tested without processes.
-#[derive(Debug)]
-pub struct RestartPolicy {
-    initial: Duration,
-    max: Duration,
-    stable_after: Duration,
-    loop_crashes: usize,
-    loop_window: Duration,
-    consecutive: u32,
-    recent: VecDeque<Instant>,
-}
-
-/// What to do after a crash.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RestartDecision {
-    pub delay: Duration,
-    pub crash_loop: bool,
-    /// Crashes counted within the crash-loop window, this one included.
-    pub recent_crashes: usize,
-}
-
-impl RestartPolicy {
-    pub fn new(c: &SupervisorConfig) -> Self {
-        Self {
-            initial: c.restart_initial_delay(),
-            max: c.restart_max_delay(),
-            stable_after: c.stable_after(),
-            loop_crashes: c.crash_loop_crashes.max(1) as usize,
-            loop_window: c.crash_loop_window(),
-            consecutive: 0,
-            recent: VecDeque::new(),
-        }
-    }
-
-    /// Records a crash at `now` of an incarnation that lived `lived`; `jitter` in [0, 1).
-    pub fn on_crash(&mut self, now: Instant, lived: Duration, jitter: f64) -> RestartDecision {
-        if lived >= self.stable_after {
-            self.consecutive = 0;
-        }
-        self.consecutive = self.consecutive.saturating_add(1);
-        let factor = 2f64.powi(self.consecutive.saturating_sub(1).min(63) as i32);
-        let base = self.initial.as_secs_f64() * factor;
-        let capped = base.min(self.max.as_secs_f64());
-        let delay = Duration::from_secs_f64(capped * (1.0 - 0.1 * jitter.clamp(0.0, 1.0)));
-        while self.recent.front().is_some_and(|&t| now.duration_since(t) > self.loop_window) {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(now);
-        RestartDecision {
-            delay,
-            crash_loop: self.recent.len() >= self.loop_crashes,
-            recent_crashes: self.recent.len(),
-        }
-    }
-}
-
 /// Everything the Supervisor needs to run.
 #[derive(Debug, Clone)]
 pub struct SupervisorSettings {
@@ -161,11 +113,11 @@ pub struct SupervisorSettings {
     /// Host names of the upload URLs (the dns collector's default names).
     pub upload_hosts: Vec<String>,
     /// The upload sinks every sample is published to.
-    pub sinks: Vec<Recipient<crate::uploader::Publish>>,
+    pub sinks: Vec<Recipient<crate::upload::Publish>>,
     /// The same sinks, told to spool what they buffer before the process exits.
-    pub sink_flush: Vec<Recipient<crate::uploader::SpoolNow>>,
+    pub sink_flush: Vec<Recipient<crate::upload::SpoolNow>>,
     /// systemd's notification socket, when started by systemd with `Type=notify`.
-    pub notify: Option<std::sync::Arc<crate::sd_notify::SdNotify>>,
+    pub notify: Option<std::sync::Arc<crate::supervisor::sd_notify::SdNotify>>,
 }
 
 impl SupervisorSettings {
@@ -229,8 +181,6 @@ struct CollectorStats {
     errors: u64,
     last_error: Option<String>,
     last_ok: bool,
-    /// Crashes attributed to it since it was last quarantined.
-    crashes: u32,
     crashes_total: u32,
 }
 
@@ -348,7 +298,7 @@ pub struct Supervisor {
     in_crash_loop: bool,
     stats: HashMap<String, CollectorStats>,
     /// Quarantined collectors and when their quarantine ends.
-    quarantine: HashMap<String, (Instant, chrono::DateTime<chrono::Utc>)>,
+    quarantine: Quarantine,
     latest: HashMap<SeriesKey, Latest>,
     /// Unrequested ends by (reason, signal name, exit code), for `/metrics`.
     crash_counts: BTreeMap<(String, Option<String>, Option<i32>), u64>,
@@ -366,6 +316,7 @@ impl Supervisor {
     pub fn new(settings: SupervisorSettings) -> Self {
         Self {
             policy: RestartPolicy::new(&settings.config),
+            quarantine: Quarantine::new(&settings.config),
             modules: Modules::load(&settings.data_dir, &settings.version),
             last_change: None,
             checkin: None,
@@ -382,7 +333,6 @@ impl Supervisor {
             spawn_error: None,
             in_crash_loop: false,
             stats: HashMap::new(),
-            quarantine: HashMap::new(),
             latest: HashMap::new(),
             crash_counts: BTreeMap::new(),
             notified_incarnation: 0,
@@ -398,11 +348,7 @@ impl Supervisor {
 
     /// Quarantined collectors whose quarantine has not ended.
     fn disabled(&self) -> Vec<String> {
-        let now = Instant::now();
-        let mut v: Vec<String> =
-            self.quarantine.iter().filter(|(_, (until, _))| *until > now).map(|(n, _)| n.clone()).collect();
-        v.sort();
-        v
+        self.quarantine.disabled(Instant::now())
     }
 
     fn configure_message(&self) -> SendToChild {
@@ -431,7 +377,7 @@ impl Supervisor {
             let mut tags = self.settings.tags.clone();
             tags.extend(s.tags);
             if !self.settings.sinks.is_empty() {
-                wire.push(crate::protocol::WireSample {
+                wire.push(crate::upload::protocol::WireSample {
                     name: s.name.clone(),
                     tags: tags.clone(),
                     ts_ms,
@@ -443,7 +389,7 @@ impl Supervisor {
         if !wire.is_empty() {
             let wire = std::sync::Arc::new(wire);
             for sink in &self.settings.sinks {
-                sink.do_send(crate::uploader::Publish(wire.clone()));
+                sink.do_send(crate::upload::Publish(wire.clone()));
             }
         }
         let st = self.stats.entry(collector.clone()).or_default();
@@ -466,17 +412,9 @@ impl Supervisor {
     /// A crash happened while `name` was collecting: count it, and quarantine the collector
     /// once it has caused `quarantine_after_crashes` crashes.
     fn attribute_crash(&mut self, ctx: &mut Context<Self>, name: &str) {
+        self.stats.entry(name.to_string()).or_default().crashes_total += 1;
+        let Some((d, until)) = self.quarantine.on_crash(name, Instant::now()) else { return };
         let cfg = &self.settings.config;
-        let st = self.stats.entry(name.to_string()).or_default();
-        st.crashes += 1;
-        st.crashes_total += 1;
-        if st.crashes < cfg.quarantine_after_crashes {
-            return;
-        }
-        st.crashes = 0;
-        let d = crate::config::secs(cfg.quarantine_secs);
-        let until = chrono::Utc::now() + chrono::Duration::from_std(d).unwrap_or_default();
-        self.quarantine.insert(name.to_string(), (Instant::now() + d, until));
         tracing::error!(
             collector = name,
             crashes = cfg.quarantine_after_crashes,
@@ -487,8 +425,7 @@ impl Supervisor {
         );
         let name = name.to_string();
         ctx.run_later(d, move |this, _| {
-            if this.quarantine.get(&name).is_some_and(|(until, _)| *until <= Instant::now()) {
-                this.quarantine.remove(&name);
+            if this.quarantine.end_if_over(&name, Instant::now()) {
                 tracing::info!(collector = %name, "Quarantine over; the collector runs again.");
                 if let Some(cur) = &this.current {
                     cur.addr.do_send(this.configure_message());
@@ -504,7 +441,7 @@ impl Supervisor {
             .iter()
             .map(|&name| {
                 let st = self.stats.get(name).cloned().unwrap_or_default();
-                let q = self.quarantine.get(name).filter(|(until, _)| *until > now);
+                let q = self.quarantine.until(name, now);
                 let state = if !enabled.get(name).copied().unwrap_or(false) {
                     "disabled"
                 } else if q.is_some() {
@@ -523,7 +460,7 @@ impl Supervisor {
                     errors: st.errors,
                     last_error: st.last_error,
                     crashes: st.crashes_total,
-                    quarantined_until: q.map(|(_, at)| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                    quarantined_until: q.map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
                 }
             })
             .collect()
@@ -645,7 +582,7 @@ impl Supervisor {
         // The collector's last samples are buffered in the sinks: into the spool with them
         // (sent after the next start), then exit.
         let flushes: Vec<_> =
-            self.settings.sink_flush.iter().map(|s| s.send(crate::uploader::SpoolNow)).collect();
+            self.settings.sink_flush.iter().map(|s| s.send(crate::upload::SpoolNow)).collect();
         actix_rt::spawn(async move {
             for f in flushes {
                 let _ = f.await;
@@ -984,59 +921,6 @@ impl Handler<GetStatus> for Supervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn policy() -> RestartPolicy {
-        RestartPolicy::new(&SupervisorConfig {
-            restart_initial_delay_ms: 100,
-            restart_max_delay_secs: 1.0,
-            stable_after_secs: 10.0,
-            crash_loop_crashes: 3,
-            crash_loop_window_secs: 5.0,
-            ..SupervisorConfig::default()
-        })
-    }
-
-    #[test]
-    fn delay_doubles_up_to_the_cap() {
-        let mut p = policy();
-        let t = Instant::now();
-        let ms: Vec<u128> = (0..6)
-            .map(|i| p.on_crash(t + Duration::from_secs(10 * i), Duration::ZERO, 0.0).delay.as_millis())
-            .collect();
-        assert_eq!(ms, [100, 200, 400, 800, 1000, 1000]);
-    }
-
-    #[test]
-    fn jitter_only_shortens_and_never_breaks_growth() {
-        let mut p = policy();
-        let t = Instant::now();
-        let a = p.on_crash(t, Duration::ZERO, 0.999).delay;
-        let b = p.on_crash(t, Duration::ZERO, 0.0).delay;
-        assert!(a > Duration::from_millis(90) && a <= Duration::from_millis(100), "{a:?}");
-        assert!(b > a);
-    }
-
-    #[test]
-    fn a_stable_run_resets_the_backoff() {
-        let mut p = policy();
-        let t = Instant::now();
-        for _ in 0..4 {
-            p.on_crash(t, Duration::ZERO, 0.0);
-        }
-        let d = p.on_crash(t, Duration::from_secs(11), 0.0);
-        assert_eq!(d.delay, Duration::from_millis(100));
-    }
-
-    #[test]
-    fn crash_loop_needs_enough_crashes_inside_the_window() {
-        let mut p = policy();
-        let t = Instant::now();
-        assert!(!p.on_crash(t, Duration::ZERO, 0.0).crash_loop);
-        assert!(!p.on_crash(t + Duration::from_secs(1), Duration::ZERO, 0.0).crash_loop);
-        assert!(p.on_crash(t + Duration::from_secs(2), Duration::ZERO, 0.0).crash_loop);
-        // Later crashes, spaced wider than the window allows, leave the loop.
-        assert!(!p.on_crash(t + Duration::from_secs(20), Duration::ZERO, 0.0).crash_loop);
-    }
 
     #[test]
     fn state_names_are_the_status_names() {

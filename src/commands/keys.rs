@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use vigil_actors::module;
+use vigil_actors::supervisor::module;
 
 #[derive(clap::Args)]
 pub struct KeygenArgs {

@@ -12,8 +12,8 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::io::AsyncReadExt;
 
+use crate::collector::fault::{self, Fault, FaultKind, FaultWhen};
 use crate::collector::{CollectorContext, Env, SharedWriter, StopCollector};
-use crate::fault::{self, Fault, FaultKind, FaultWhen};
 use crate::ipc::{self, Decoded, Decoder, FromCollector, ToCollector};
 
 /// Writes frames to fd 1.
@@ -89,7 +89,7 @@ impl ParentLink {
 
     fn configure(
         &mut self,
-        collectors: crate::collectors::CollectorsConfig,
+        collectors: crate::collector::collectors::CollectorsConfig,
         disabled: Vec<String>,
         upload_hosts: Vec<String>,
     ) {

@@ -6,8 +6,8 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use actix::Actor;
-use vigil_actors::fault::Fault;
-use vigil_actors::parent_link::ParentLink;
+use vigil_actors::collector::fault::Fault;
+use vigil_actors::collector::parent_link::ParentLink;
 
 pub fn main() -> ExitCode {
     if std::io::stdin().is_terminal() {
@@ -28,7 +28,7 @@ pub fn main() -> ExitCode {
     };
     // Started as a check-in module, this executable was verified and installed as the version
     // the supervisor names; its Hello reports that version (docs/checkins.md).
-    let version = std::env::var(vigil_actors::module::VERSION_ENV)
+    let version = std::env::var(vigil_actors::supervisor::module::VERSION_ENV)
         .ok()
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| vigil_actors::VERSION.to_string());

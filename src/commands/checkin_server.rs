@@ -75,7 +75,7 @@ async fn checkin(
     req: actix_web::HttpRequest,
     body: web::Bytes,
     dir: web::Data<CheckinDir>,
-    token: web::Data<crate::receive::Token>,
+    token: web::Data<crate::auth::Token>,
 ) -> HttpResponse {
     if !token.allows(&req) {
         tracing::warn!(peer = ?req.peer_addr(), "Check-in without the right bearer token refused.");
@@ -115,7 +115,7 @@ async fn checkin(
 }
 
 async fn module_file(version: web::Path<String>, dir: web::Data<CheckinDir>) -> HttpResponse {
-    if vigil_actors::module::check_version(&version).is_err() {
+    if vigil_actors::supervisor::module::check_version(&version).is_err() {
         return HttpResponse::BadRequest().finish();
     }
     match std::fs::read(dir.dir.join("modules").join(version.as_str())) {

@@ -31,7 +31,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use vigil_actors::supervisor::{Latest, SeriesKey, State, StatusSnapshot};
-use vigil_actors::uploader::SinkStatus;
+use vigil_actors::upload::SinkStatus;
 
 /// The `Content-Type` of the text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -544,7 +544,7 @@ mod tests {
                     CrashCount { reason: "exited".into(), signal_name: None, code: Some(3), count: 1 },
                 ],
                 spawn_error: None,
-                module: vigil_actors::module::ModuleStatus::builtin("1.2.3"),
+                module: vigil_actors::supervisor::module::ModuleStatus::builtin("1.2.3"),
             },
             collectors: vec![CollectorEntry {
                 name: "dns".into(),
@@ -674,7 +674,7 @@ mod tests {
 
     #[test]
     fn docs_list_every_exposition_name() {
-        let doc = include_str!("../docs/metrics.md");
+        let doc = include_str!("../../docs/metrics.md");
         for x in SAMPLES {
             let row = format!("| `{}` | `{}` |", x.native, x.name);
             assert!(doc.contains(&row), "docs/metrics.md lacks the row {row}");

@@ -18,8 +18,11 @@
 //! A panic inside `collect` is caught, counted as that collection's error, and the
 //! collector is rebuilt from its config (its state may be half-updated).
 
+pub mod collectors;
+pub mod fault;
+pub mod parent_link;
+
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -29,31 +32,13 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures_util::FutureExt;
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Serialize};
 
-use crate::fault::{Fault, FaultKind, FaultWhen};
+use crate::collector::fault::{Fault, FaultKind, FaultWhen};
+use crate::collector::parent_link::FrameWriter;
 use crate::ipc::FromCollector;
-use crate::parent_link::FrameWriter;
 
-/// One measurement.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Sample {
-    pub name: String,
-    pub tags: BTreeMap<String, String>,
-    pub value: f64,
-}
-
-impl Sample {
-    pub fn new(name: impl Into<String>, value: f64) -> Self {
-        Self { name: name.into(), tags: BTreeMap::new(), value }
-    }
-
-    /// Adds a tag (builder style).
-    pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.tags.insert(key.into(), value.into());
-        self
-    }
-}
+pub use crate::sample::Sample;
 
 /// Why a collection failed.
 #[derive(Debug, thiserror::Error)]
@@ -227,18 +212,18 @@ fn inject(kind: FaultKind) {
     tracing::warn!(fault = ?kind, "Injecting fault (VIGIL_FAULT) inside a collection.");
     match kind {
         FaultKind::Panic => panic!("VIGIL_FAULT=panic: injected panic inside a collector"),
-        FaultKind::Segv => crate::fault::segv(),
+        FaultKind::Segv => crate::collector::fault::segv(),
         FaultKind::Abort => std::process::abort(),
-        FaultKind::Hang => crate::fault::hang(),
+        FaultKind::Hang => crate::collector::fault::hang(),
         FaultKind::Exit(code) => std::process::exit(code),
         FaultKind::StderrFlood(n) => {
-            crate::fault::flood_stderr(n);
-            crate::fault::segv()
+            crate::collector::fault::flood_stderr(n);
+            crate::collector::fault::segv()
         }
-        FaultKind::CloseStdout => crate::fault::close_stdout(),
+        FaultKind::CloseStdout => crate::collector::fault::close_stdout(),
         FaultKind::Garbage => {
             use std::io::Write;
-            let _ = std::io::stdout().write_all(&crate::fault::garbage(1024));
+            let _ = std::io::stdout().write_all(&crate::collector::fault::garbage(1024));
         }
     }
 }

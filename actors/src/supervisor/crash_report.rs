@@ -129,6 +129,23 @@ pub fn load(dir: &Path, id: &str) -> Result<CrashReport, ReportError> {
     serde_json::from_slice(&bytes).map_err(|source| ReportError::Parse { path, source })
 }
 
+/// The reports in `dir` newer than a given ID, as a sink's crash-report source
+/// ([`crate::upload::CrashReportSource`]): the supervisor hands this to each sink.
+pub fn upload_source(dir: PathBuf) -> crate::upload::CrashReportSource {
+    Box::new(move |after: &str| {
+        let ids = list_ids(&dir).unwrap_or_default();
+        ids.into_iter()
+            .filter(|id| id.as_str() > after)
+            .map(|id| {
+                let report = load(&dir, &id)
+                    .map_err(|e| e.to_string())
+                    .map(|r| serde_json::to_value(&r).unwrap_or_default());
+                (id, report)
+            })
+            .collect()
+    })
+}
+
 /// Keeps the newest `keep` reports; removes older ones and orphaned `.stderr` files.
 /// Returns how many reports were removed.
 pub fn prune(dir: &Path, keep: usize) -> Result<usize, ReportError> {

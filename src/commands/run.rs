@@ -15,10 +15,10 @@ use anyhow::Context as _;
 use tokio::signal::unix::{signal, SignalKind};
 use vigil_actors::config::Config;
 use vigil_actors::supervisor::{Shutdown, Supervisor, SupervisorSettings};
-use vigil_actors::uploader::Uploader;
+use vigil_actors::upload::Uploader;
 
+use crate::commands::daemon::{self, Readiness};
 use crate::config;
-use crate::daemon::{self, Readiness};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -122,9 +122,11 @@ fn run(
     let checkin_key = match cfg.checkin.url.as_str() {
         "" => None,
         _ => Some(
-            vigil_actors::module::PublicKey::read(std::path::Path::new(&cfg.checkin.public_key_file))
-                .map_err(anyhow::Error::msg)
-                .context("cannot read checkin.public_key_file")?,
+            vigil_actors::supervisor::module::PublicKey::read(std::path::Path::new(
+                &cfg.checkin.public_key_file,
+            ))
+            .map_err(anyhow::Error::msg)
+            .context("cannot read checkin.public_key_file")?,
         ),
     };
     // The built-in collector is this very executable, through /proc/self/exe: it names the
@@ -143,7 +145,7 @@ fn run(
     }
     // Read systemd's variables, and take them out of the environment the collector inherits
     // (systemd accepts notifications from the main process only). Still one thread here.
-    let notify = vigil_actors::sd_notify::SdNotify::from_env(std::process::id())
+    let notify = vigil_actors::supervisor::sd_notify::SdNotify::from_env(std::process::id())
         .context("cannot use NOTIFY_SOCKET")?
         .map(Arc::new);
     for k in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
@@ -190,7 +192,7 @@ fn run(
         let mut sinks = Vec::new();
         let mut agent_id = String::new();
         if !uploads.is_empty() || checkin_key.is_some() {
-            agent_id = vigil_actors::protocol::agent_id(&settings.data_dir)
+            agent_id = vigil_actors::upload::protocol::agent_id(&settings.data_dir)
                 .with_context(|| format!("cannot read or create {}/agent_id", settings.data_dir.display()))?;
         }
         let upload_token_file = uploads
@@ -202,7 +204,10 @@ fn run(
                 let name = u.name.clone();
                 let up = Uploader::new(u, &settings.data_dir, agent_id.clone(), host.clone())
                     .with_context(|| format!("cannot open the spool of sink {name}"))?
-                    .with_checkin_token(checkin_key.is_some());
+                    .with_checkin_token(checkin_key.is_some())
+                    .with_crash_reports(vigil_actors::supervisor::crash_report::upload_source(
+                        settings.crash_dir(),
+                    ));
                 sinks.push(up.start());
             }
         }
@@ -211,7 +216,7 @@ fn run(
         let ctx = actix::Context::<Supervisor>::new();
         let supervisor = ctx.address();
         if let Some(public_key) = checkin_key {
-            vigil_actors::checkin::start(vigil_actors::checkin::CheckinSettings {
+            vigil_actors::supervisor::checkin::start(vigil_actors::supervisor::checkin::CheckinSettings {
                 config: checkin,
                 public_key,
                 data_dir: settings.data_dir.clone(),
@@ -224,7 +229,7 @@ fn run(
                 upload_token_file,
             });
         }
-        if let Some((_handle, addr)) = crate::status::start(
+        if let Some((_handle, addr)) = crate::endpoint::start(
             &listen,
             token,
             stale_after,

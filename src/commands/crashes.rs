@@ -1,132 +1,15 @@
-//! Reading the crash reports in `DATA_DIR/crashes` (written by the Supervisor, see
-//! `vigil_actors::crash_report`), for `vigil crashes list | show ID` and for the status
-//! endpoint's `/crashes` and `/crashes/{id}`.
-//!
-//! Reading never trusts the directory: a report that cannot be read or parsed is listed with
-//! its error instead of its fields, and an ID is checked by [`crash_report::valid_id`]
-//! before it becomes part of a path, so no request can name a file outside the directory.
+//! `vigil crashes list | show ID`: the crash reports in `DATA_DIR/crashes`, read with
+//! [`crate::reports`], as a table or one report with its stderr tail byte for byte.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use serde_json::{Map, Value};
-use vigil_actors::crash_report::{self, CrashReport, ReportError};
+use serde_json::Value;
 
 use crate::config;
-
-/// One report as listed: the `ID.json` object (kept as JSON, so fields added by later
-/// versions pass through) with `id` and `stderr_bytes`, or why it could not be read.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Entry {
-    pub id: String,
-    pub report: Result<Map<String, Value>, String>,
-    /// Size of `ID.stderr`; `None` when it is missing.
-    pub stderr_bytes: Option<u64>,
-}
-
-impl Entry {
-    /// The `/crashes` element: the report with `id` and `stderr_bytes`, or `{id, error}`.
-    pub fn to_json(&self) -> Value {
-        let mut obj = match &self.report {
-            Ok(r) => r.clone(),
-            Err(e) => Map::from_iter([("error".to_string(), Value::from(e.as_str()))]),
-        };
-        obj.insert("id".into(), Value::from(self.id.as_str()));
-        obj.insert("stderr_bytes".into(), self.stderr_bytes.map_or(Value::Null, Value::from));
-        Value::Object(obj)
-    }
-
-    /// The typed view, for display; `None` for a corrupt entry.
-    fn typed(&self) -> Option<CrashReport> {
-        let r = self.report.as_ref().ok()?;
-        serde_json::from_value(Value::Object(r.clone())).ok()
-    }
-}
-
-/// Every report in `dir`, newest first. A missing directory has none.
-pub fn list(dir: &Path) -> Result<Vec<Entry>, ReportError> {
-    let mut ids = crash_report::list_ids(dir)?;
-    ids.reverse();
-    Ok(ids.into_iter().map(|id| read_entry(dir, id)).collect())
-}
-
-fn read_entry(dir: &Path, id: String) -> Entry {
-    let path = dir.join(format!("{id}.json"));
-    let report =
-        std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display())).and_then(|bytes| {
-            match serde_json::from_slice::<Value>(&bytes) {
-                Ok(Value::Object(map)) => {
-                    // The fields every report has must be there with the right types.
-                    serde_json::from_value::<CrashReport>(Value::Object(map.clone()))
-                        .map(|_| map)
-                        .map_err(|e| format!("not a crash report: {e}"))
-                }
-                Ok(_) => Err("not a crash report: not a JSON object".to_string()),
-                Err(e) => Err(format!("not a crash report: {e}")),
-            }
-        });
-    let stderr_bytes = std::fs::metadata(stderr_path(dir, &id)).ok().map(|m| m.len());
-    Entry { id, report, stderr_bytes }
-}
-
-/// `ID.stderr` in `dir`; only for an `id` that passed [`crash_report::valid_id`].
-pub fn stderr_path(dir: &Path, id: &str) -> PathBuf {
-    dir.join(format!("{id}.stderr"))
-}
-
-/// Why one report cannot be shown.
-#[derive(Debug, PartialEq)]
-pub enum ShowError {
-    /// Not an ID vigil writes (e.g. `../x`): refused before any file is touched.
-    InvalidId,
-    NotFound,
-    /// It exists but cannot be read or parsed.
-    Unreadable(String),
-}
-
-/// One report and its stderr tail, exactly as stored.
-pub struct Shown {
-    pub entry: Entry,
-    pub stderr: Vec<u8>,
-}
-
-/// Reads report `id` from `dir` with its stderr (empty when `ID.stderr` is missing).
-pub fn show(dir: &Path, id: &str) -> Result<Shown, ShowError> {
-    if !crash_report::valid_id(id) {
-        return Err(ShowError::InvalidId);
-    }
-    if !dir.join(format!("{id}.json")).exists() {
-        return Err(ShowError::NotFound);
-    }
-    let entry = read_entry(dir, id.to_string());
-    if let Err(e) = &entry.report {
-        return Err(ShowError::Unreadable(e.clone()));
-    }
-    let stderr = match std::fs::read(stderr_path(dir, id)) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(ShowError::Unreadable(format!("cannot read {id}.stderr: {e}"))),
-    };
-    Ok(Shown { entry, stderr })
-}
-
-impl Shown {
-    /// The `/crashes/{id}` answer: the report, `stderr_bytes`, and `stderr` as text (invalid
-    /// UTF-8 replaced; `stderr_lossy` says whether that happened, and `/crashes/{id}/stderr`
-    /// has the exact bytes).
-    pub fn to_json(&self) -> Value {
-        let mut v = self.entry.to_json();
-        let text = String::from_utf8_lossy(&self.stderr);
-        let lossy = matches!(text, std::borrow::Cow::Owned(_));
-        v["stderr"] = Value::from(text.into_owned());
-        v["stderr_lossy"] = Value::from(lossy);
-        v
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// `vigil crashes`
+use crate::format::{how, human_bytes, human_ms};
+use crate::reports::{list, show, Entry, ShowError, Shown};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -217,16 +100,6 @@ fn cmd_show(
     Ok(ExitCode::SUCCESS)
 }
 
-/// How the collector ended, in a few words: `SIGSEGV`, `SIGSEGV (core)`, `exit 3`.
-pub fn how(signal_name: Option<&str>, code: Option<i64>, core_dumped: bool) -> String {
-    match (signal_name, code) {
-        (Some(s), _) if core_dumped => format!("{s} (core dumped)"),
-        (Some(s), _) => s.to_string(),
-        (None, Some(c)) => format!("exit {c}"),
-        (None, None) => "-".to_string(),
-    }
-}
-
 /// The `vigil crashes list` table, one row per report; corrupt ones say so in place of
 /// their fields.
 pub fn render_table(entries: &[Entry]) -> String {
@@ -302,7 +175,7 @@ fn render_header(shown: &Shown, dir: &Path) -> String {
         field("collector in flight", r.exit.collector_in_flight.clone().unwrap_or_else(|| "-".into()));
         field("pid", r.pid.to_string());
         field("incarnation", r.incarnation.to_string());
-        field("lived", crate::status_cmd::human_ms(r.exit.uptime_ms));
+        field("lived", human_ms(r.exit.uptime_ms));
         field("version", r.version.clone());
         field(
             "stderr",
@@ -318,24 +191,10 @@ fn render_header(shown: &Shown, dir: &Path) -> String {
     s
 }
 
-/// `1536` → `1.5 KiB`; small counts stay exact (`812 B`).
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vigil_actors::supervisor::crash_report::{self, CrashReport};
 
     fn report(id: &str, signal: Option<i32>, code: Option<i32>) -> CrashReport {
         CrashReport {
@@ -404,15 +263,5 @@ mod tests {
         assert_eq!(j["stderr_lossy"], true);
         let header = render_header(&s, &crashes);
         assert!(header.contains("SIGSEGV (11)") && header.ends_with("byte-exact) ---\n"), "{header}");
-    }
-
-    #[test]
-    fn how_and_bytes() {
-        assert_eq!(how(Some("SIGSEGV"), None, false), "SIGSEGV");
-        assert_eq!(how(Some("SIGABRT"), None, true), "SIGABRT (core dumped)");
-        assert_eq!(how(None, Some(101), false), "exit 101");
-        assert_eq!(human_bytes(812), "812 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(1 << 20), "1.0 MiB");
     }
 }

@@ -171,19 +171,10 @@ pub async fn resolve_time(name: &str, server: SocketAddr, timeout: Duration) -> 
     }
 }
 
-/// /etc/resolv.conf under the env root, parsed by hickory (nameservers, search list, options).
-pub(crate) fn read_resolv_conf(env: &Env) -> Result<(ResolverConfig, ResolverOpts), CollectError> {
-    let path = env.path("/etc/resolv.conf");
-    let text = std::fs::read(&path)
-        .map_err(|source| CollectError::Io { path: path.display().to_string(), source })?;
-    hickory_resolver::system_conf::parse_resolv_conf(text)
-        .map_err(|e| CollectError::Other(format!("{}: {e}", path.display())))
-}
-
 /// The distinct nameserver addresses of /etc/resolv.conf (hickory lists each twice, for UDP
 /// and TCP), in file order.
 pub(crate) fn system_nameservers(env: &Env) -> Result<Vec<SocketAddr>, CollectError> {
-    let (config, _) = read_resolv_conf(env)?;
+    let (config, _) = crate::resolver::read_resolv_conf(&env.root).map_err(CollectError::Other)?;
     let mut out: Vec<SocketAddr> = Vec::new();
     for ns in config.name_servers() {
         if !out.contains(&ns.socket_addr) {
