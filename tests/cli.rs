@@ -145,6 +145,16 @@ fn once_prints_every_enabled_collector_as_json_and_as_a_table() {
     for s in arr {
         assert!(s["name"].is_string() && s["tags"].is_object() && s["value"].is_number(), "{s}");
     }
+    // Every sample a collector emits is one its own file declares (`Collector::METRICS`),
+    // so `/metrics` names and converts it.
+    let declared: std::collections::BTreeSet<&str> = vigil_actors::collector::collectors::METRICS
+        .iter()
+        .flat_map(|(_, m)| m.iter().map(|m| m.name))
+        .collect();
+    for s in arr {
+        let name = s["name"].as_str().unwrap();
+        assert!(declared.contains(name), "{name} is emitted but no collector declares it");
+    }
     let out = Command::new(vigil()).args(["once", "--config"]).arg(&cfg).output().unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.lines().next().unwrap().starts_with("COLLECTOR"), "{table}");

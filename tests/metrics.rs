@@ -10,9 +10,8 @@ use crate::harness::*;
 
 const T: Duration = Duration::from_secs(30);
 
-/// Every collector, for a config that disables them all.
-const COLLECTORS: &[&str] =
-    &["cpu", "disk", "dns", "fs", "containers", "load", "mem", "net", "processes", "time_drift"];
+/// Every collector, from the registry, for a config that disables them all.
+const COLLECTORS: &[&str] = vigil_actors::collector::collectors::NAMES;
 
 /// Runs `promtool check metrics` on `body`; panics with its complaints unless it is silent and
 /// exits 0.

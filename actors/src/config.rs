@@ -370,11 +370,8 @@ impl Config {
             });
         }
         if !c.url.is_empty() {
-            if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
-                out.push(ConfigProblem {
-                    path: "checkin.url".into(),
-                    message: "must start with http:// or https://".into(),
-                });
+            if let Err(message) = check_url(&c.url, &["http", "https"]) {
+                out.push(ConfigProblem { path: "checkin.url".into(), message });
             }
             if c.public_key_file.is_empty() {
                 out.push(ConfigProblem {
@@ -401,14 +398,11 @@ impl Config {
                 });
             }
             let schemes: &[&str] = match u.kind {
-                SinkType::Vigil => &["ws://", "wss://"],
-                SinkType::RemoteWrite => &["http://", "https://"],
+                SinkType::Vigil => &["ws", "wss"],
+                SinkType::RemoteWrite => &["http", "https"],
             };
-            if !schemes.iter().any(|s| u.url.starts_with(s)) {
-                out.push(ConfigProblem {
-                    path: at("url"),
-                    message: format!("must start with {}", schemes.join(" or ")),
-                });
+            if let Err(message) = check_url(&u.url, schemes) {
+                out.push(ConfigProblem { path: at("url"), message });
             }
             if !(u.flush_interval_secs.is_finite()
                 && u.flush_interval_secs > 0.0
@@ -440,6 +434,25 @@ pub fn secret_file_warning(path: &str, what: &str) -> Option<String> {
     })
 }
 
+/// `url` parsed (by the `url` crate, as the sinks will use it): one of `schemes` and a host,
+/// or why not.
+fn check_url(url: &str, schemes: &[&str]) -> Result<(), String> {
+    let want = || schemes.iter().map(|s| format!("{s}://")).collect::<Vec<_>>().join(" or ");
+    let parsed = url::Url::parse(url).map_err(|e| match e {
+        url::ParseError::RelativeUrlWithoutBase => {
+            format!("`{url}` is not a URL: it must start with {}", want())
+        }
+        e => format!("`{url}` is not a valid URL ({e})"),
+    })?;
+    if !schemes.contains(&parsed.scheme()) {
+        return Err(format!("must start with {}", want()));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("`{url}` has no host"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,6 +478,19 @@ mod tests {
             paths,
             ["supervisor.heartbeat_interval_secs", "supervisor.crash_loop_crashes", "status.listen"]
         );
+    }
+
+    #[test]
+    fn malformed_urls_are_config_errors() {
+        let mut c = Config::default();
+        for bad in ["ws://", "ws://[::1", "ws://host:99999/x", "ws//host", "http://h/x"] {
+            c.upload = vec![UploadConfig { url: bad.into(), ..UploadConfig::default() }];
+            let p = c.validate();
+            assert_eq!(p.len(), 1, "{bad}: {p:?}");
+            assert_eq!(p[0].path, "upload.0.url", "{bad}");
+        }
+        c.upload = vec![UploadConfig { url: "wss://[::1]:9780/v1/ingest".into(), ..UploadConfig::default() }];
+        assert_eq!(c.validate(), []);
     }
 
     #[test]

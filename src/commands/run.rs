@@ -287,15 +287,13 @@ fn reopen_log(log: Option<&crate::logging::LogFile>) {
     }
 }
 
-/// The host name of a URL (`ws://host:port/path` → `host`), for the dns collector.
+/// The host name of a URL (`ws://host:port/path` → `host`, `[::1]` → `::1`), for the dns
+/// collector.
 fn url_host(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = if let Some(v6) = host_port.strip_prefix('[') {
-        v6.split(']').next()?
-    } else {
-        host_port.split(':').next()?
-    };
-    (!host.is_empty()).then(|| host.to_string())
+    match url::Url::parse(url).ok()?.host()? {
+        url::Host::Domain(d) if !d.is_empty() => Some(d.to_string()),
+        url::Host::Domain(_) => None,
+        url::Host::Ipv4(a) => Some(a.to_string()),
+        url::Host::Ipv6(a) => Some(a.to_string()),
+    }
 }

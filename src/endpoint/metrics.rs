@@ -8,7 +8,7 @@
 //!   renders in a fixed order (families by name, series by labels), so two scrapes of the
 //!   same state are byte-identical.
 //! * [`render`] knows vigil: it maps every native sample name to its exposition name
-//!   ([`SAMPLES`]) and turns the status snapshot and the sinks' status into the agent's own
+//!   ([`samples`], from each collector's declared `METRICS`) and turns the status snapshot and the sinks' status into the agent's own
 //!   families.
 //!
 //! # Naming rule
@@ -18,7 +18,7 @@
 //! utilisation percentages become `_ratio` (divided by 100, so 1 is 100 %), per-second rates
 //! say `_per_second`, byte counts end in `_bytes`. Every sample is a gauge (rates are
 //! computed by the collector, not left to `rate()`); the agent's counters end in `_total`.
-//! The table is [`SAMPLES`]; docs/metrics.md lists it for operators, and a test keeps the two
+//! The table is [`samples`], built from the collectors' own declarations; docs/metrics.md lists it for operators, and a test keeps the two
 //! in step. A name missing from the table (a new collector's) is still exposed, as
 //! `vigil_NAME` without conversion, so nothing is silently hidden.
 //!
@@ -30,27 +30,13 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use vigil_actors::collector::collectors::METRICS as COLLECTOR_METRICS;
+pub use vigil_actors::sample::{metric_name, Kind};
 use vigil_actors::supervisor::{Latest, SeriesKey, State, StatusSnapshot};
 use vigil_actors::upload::SinkStatus;
 
 /// The `Content-Type` of the text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// A family's `# TYPE`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Gauge,
-    Counter,
-}
-
-impl Kind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Kind::Gauge => "gauge",
-            Kind::Counter => "counter",
-        }
-    }
-}
 
 struct Family {
     help: String,
@@ -113,17 +99,6 @@ impl Exposition {
     }
 }
 
-/// A valid metric name: `[a-zA-Z_][a-zA-Z0-9_]*`. Anything else becomes `_`, colons included
-/// (they are reserved for recording rules).
-pub fn metric_name(name: &str) -> String {
-    let mut out: String =
-        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
-    if !out.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
-        out.insert(0, '_');
-    }
-    out
-}
-
 /// A valid label name (`[a-zA-Z_][a-zA-Z0-9_]*`, not starting with the reserved `__`), or
 /// `None` for an empty one.
 pub fn label_name(name: &str) -> Option<String> {
@@ -171,57 +146,21 @@ pub fn format_value(v: f64) -> String {
 /// How one native sample name (CONTRACT §4) is exposed.
 pub struct Exposed {
     pub native: &'static str,
-    pub name: &'static str,
+    pub name: String,
     /// Multiplied into the value to reach the base unit.
     pub scale: f64,
     pub help: &'static str,
 }
 
-const PERCENT: f64 = 0.01;
-const MS: f64 = 0.001;
-const ONE: f64 = 1.0;
-
-const fn m(native: &'static str, name: &'static str, scale: f64, help: &'static str) -> Exposed {
-    Exposed { native, name, scale, help }
+/// Every collector metric, as its collector declares it (`Collector::METRICS`, listed by
+/// the registry): its exposition name, unit conversion and HELP text.
+pub fn samples() -> Vec<Exposed> {
+    COLLECTOR_METRICS
+        .iter()
+        .flat_map(|(_, metrics)| metrics.iter())
+        .map(|m| Exposed { native: m.name, name: m.exposition_name(), scale: m.unit.scale(), help: m.help })
+        .collect()
 }
-
-/// Every native sample name and its exposition name, unit conversion and HELP text.
-#[rustfmt::skip] // a table: one row per line reads better than rustfmt's blocks
-pub const SAMPLES: &[Exposed] = &[
-    m("cpu_user", "vigil_cpu_user_ratio", PERCENT, "Share of CPU time spent in user mode over the last interval (1 = all CPUs)."),
-    m("cpu_system", "vigil_cpu_system_ratio", PERCENT, "Share of CPU time spent in kernel mode over the last interval."),
-    m("cpu_iowait", "vigil_cpu_iowait_ratio", PERCENT, "Share of CPU time spent idle waiting for I/O over the last interval."),
-    m("cpu_steal", "vigil_cpu_steal_ratio", PERCENT, "Share of CPU time stolen by the hypervisor over the last interval."),
-    m("cpu_idle", "vigil_cpu_idle_ratio", PERCENT, "Share of CPU time spent idle over the last interval."),
-    m("disk_reads_sec", "vigil_disk_reads_per_second", ONE, "Completed reads per second over the last interval."),
-    m("disk_writes_sec", "vigil_disk_writes_per_second", ONE, "Completed writes per second over the last interval."),
-    m("disk_latency", "vigil_disk_latency_seconds", MS, "Average time per completed I/O over the last interval."),
-    m("dns", "vigil_dns_resolution_seconds", MS, "Time the last resolution of the name took at the server."),
-    m("dns_success", "vigil_dns_success", ONE, "Whether the last resolution of the name at the server succeeded (1) or not (0)."),
-    m("fs_disk_util", "vigil_fs_disk_util_ratio", PERCENT, "Share of the filesystem's space in use."),
-    m("fs_inodes_util", "vigil_fs_inodes_util_ratio", PERCENT, "Share of the filesystem's inodes in use."),
-    m("container_cpu_util", "vigil_container_cpu_util_ratio", PERCENT, "CPU used by the container over the last interval (1 = one CPU)."),
-    m("container_mem_bytes", "vigil_container_mem_bytes", ONE, "Memory used by the container."),
-    m("load_1", "vigil_load_1", ONE, "Load average over 1 minute."),
-    m("load_5", "vigil_load_5", ONE, "Load average over 5 minutes."),
-    m("load_15", "vigil_load_15", ONE, "Load average over 15 minutes."),
-    m("load_1_norm", "vigil_load_1_norm", ONE, "Load average over 1 minute divided by the number of CPUs."),
-    m("mem_util", "vigil_mem_util_ratio", PERCENT, "Share of memory in use (total minus available)."),
-    m("mem_available_bytes", "vigil_mem_available_bytes", ONE, "Memory available for new work without swapping."),
-    m("mem_swap_util", "vigil_mem_swap_util_ratio", PERCENT, "Share of swap space in use."),
-    m("mem_swap_in", "vigil_mem_swap_in_pages_per_second", ONE, "Pages swapped in per second over the last interval."),
-    m("net_rcvd_byte", "vigil_net_rcvd_bytes_per_second", ONE, "Bytes received per second over the last interval."),
-    m("net_sent_byte", "vigil_net_sent_bytes_per_second", ONE, "Bytes sent per second over the last interval."),
-    m("net_rcvd_packet", "vigil_net_rcvd_packets_per_second", ONE, "Packets received per second over the last interval."),
-    m("net_sent_packet", "vigil_net_sent_packets_per_second", ONE, "Packets sent per second over the last interval."),
-    m("net_total_error", "vigil_net_errors_per_second", ONE, "Receive and transmit errors per second over the last interval."),
-    m("net_total_drops", "vigil_net_drops_per_second", ONE, "Received and transmitted packets dropped per second over the last interval."),
-    m("processes", "vigil_processes", ONE, "Processes in the state."),
-    m("proc_threads", "vigil_proc_threads", ONE, "Threads of all processes."),
-    m("proc_open_files", "vigil_proc_open_files", ONE, "Open file handles, system-wide."),
-    m("time_drift", "vigil_time_drift_seconds", MS, "Local clock minus the SNTP server's clock."),
-    m("time_drift_success", "vigil_time_drift_success", ONE, "Whether the last query of the SNTP server succeeded (1) or not (0)."),
-];
 
 /// Self metrics the supervisor records per collection; `/metrics` shows the same figures
 /// from the status snapshot instead (`vigil_collector_*{collector}`).
@@ -245,7 +184,8 @@ pub fn render(s: &Scrape) -> String {
     for sink in s.sinks {
         sink_families(&mut e, sink);
     }
-    let table: BTreeMap<&str, &Exposed> = SAMPLES.iter().map(|x| (x.native, x)).collect();
+    let all = samples();
+    let table: BTreeMap<&str, &Exposed> = all.iter().map(|x| (x.native, x)).collect();
     let oldest = s.now_ms.saturating_sub(s.stale_after.as_millis() as i64);
     for ((name, tags), latest) in s.latest {
         if latest.ts_ms < oldest || FROM_STATUS.contains(&name.as_str()) {
@@ -253,7 +193,7 @@ pub fn render(s: &Scrape) -> String {
         }
         let labels: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         match table.get(name.as_str()) {
-            Some(x) => e.add(x.name, Kind::Gauge, x.help, &labels, latest.value * x.scale),
+            Some(x) => e.add(&x.name, Kind::Gauge, x.help, &labels, latest.value * x.scale),
             None => {
                 let kind = if name.ends_with("_total") { Kind::Counter } else { Kind::Gauge };
                 let help = format!("Sample {name} as collected (no exposition name of its own yet).");
@@ -675,12 +615,19 @@ mod tests {
     #[test]
     fn docs_list_every_exposition_name() {
         let doc = include_str!("../../docs/metrics.md");
-        for x in SAMPLES {
+        let all = samples();
+        assert!(!all.is_empty());
+        for x in &all {
             let row = format!("| `{}` | `{}` |", x.native, x.name);
-            assert!(doc.contains(&row), "docs/metrics.md lacks the row {row}");
+            assert!(
+                doc.contains(&row),
+                "docs/metrics.md lacks the row of {}: add `{row} gauge | UNIT | LABELS |` to its collector samples ({})",
+                x.native,
+                x.help
+            );
         }
-        let names: std::collections::BTreeSet<&str> = SAMPLES.iter().map(|x| x.name).collect();
-        assert_eq!(names.len(), SAMPLES.len(), "two native names map to one exposition name");
+        let names: std::collections::BTreeSet<&str> = all.iter().map(|x| x.name.as_str()).collect();
+        assert_eq!(names.len(), all.len(), "two native names map to one exposition name");
         let st = snapshot();
         let text = render(&Scrape {
             status: &st,

@@ -38,7 +38,7 @@ use crate::collector::fault::{Fault, FaultKind, FaultWhen};
 use crate::collector::parent_link::FrameWriter;
 use crate::ipc::FromCollector;
 
-pub use crate::sample::Sample;
+pub use crate::sample::{Metric, Sample};
 
 /// Why a collection failed.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +100,10 @@ impl Env {
 pub trait Collector: Sized + Unpin + 'static {
     /// The `[collectors.NAME]` table name and the `collector` label of its self metrics.
     const NAME: &'static str;
+    /// Every metric it produces, with unit, kind and HELP text: `/metrics` names and converts
+    /// its samples from this, and docs/metrics.md is checked against it. A sample whose name
+    /// is not declared here is still exposed, unconverted, so nothing is hidden.
+    const METRICS: &'static [Metric];
     type Config: CollectorConfig;
 
     fn new(config: &Self::Config, env: &Env) -> Self;

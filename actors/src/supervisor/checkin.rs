@@ -143,9 +143,8 @@ pub fn module_url(checkin_url: &str, m: &Manifest) -> Result<String, String> {
     if !path.starts_with('/') {
         return Err(format!("module url {:?} is neither absolute nor a path", m.url));
     }
-    let (scheme, rest) = checkin_url.split_once("://").ok_or("checkin.url has no scheme")?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
-    Ok(format!("{scheme}://{authority}{path}"))
+    let base = url::Url::parse(checkin_url).map_err(|e| format!("checkin.url: {e}"))?;
+    base.join(&path).map(String::from).map_err(|e| format!("module url {path:?}: {e}"))
 }
 
 /// Everything the check-in actor needs.

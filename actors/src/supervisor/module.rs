@@ -106,22 +106,14 @@ pub fn check_version(v: &str) -> Result<(), ModuleError> {
     }
 }
 
+/// Lowercase hex of `bytes`.
 pub fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
+/// The bytes of hex text (surrounding white space ignored); `what` names it in the error.
 pub fn from_hex(s: &str, what: &'static str) -> Result<Vec<u8>, ModuleError> {
-    let s = s.trim();
-    let bad = |why: &str| ModuleError::Malformed { what, why: why.to_string() };
-    if s.len() % 2 != 0 {
-        return Err(bad("odd number of hex digits"));
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(s.get(i..i + 2).ok_or_else(|| bad("not hex"))?, 16).map_err(|_| bad("not hex"))
-        })
-        .collect()
+    hex::decode(s.trim()).map_err(|e| ModuleError::Malformed { what, why: e.to_string() })
 }
 
 /// SHA-256 computed while bytes stream through.

@@ -16,6 +16,7 @@ use actix::prelude::*;
 
 use super::protocol::{self, Batch};
 use super::Uploader;
+use crate::sample::metric_name as sanitize;
 
 /// A request and its whole answer must be done within this.
 const HTTP_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -48,16 +49,6 @@ pub struct PromSample {
     pub value: f64,
     #[prost(int64, tag = "2")]
     pub timestamp: i64,
-}
-
-/// A valid Prometheus label (or metric) name: `[a-zA-Z_][a-zA-Z0-9_]*`.
-pub fn sanitize(name: &str) -> String {
-    let mut out: String =
-        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
-    if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
-        out.insert(0, '_');
-    }
-    out
 }
 
 /// One time series per distinct (name, tags) of the batch, samples in time order.

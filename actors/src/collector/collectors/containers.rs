@@ -60,6 +60,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::collector::{CollectError, Collector, CollectorConfig, Env, Sample};
+use crate::sample::{Metric, Unit};
 
 /// How many directory levels below a hierarchy's root the walk goes. Kubernetes under the
 /// systemd driver puts containers at depth 4, rootless podman at 5, kind (Kubernetes inside
@@ -332,6 +333,10 @@ impl Containers {
 
 impl Collector for Containers {
     const NAME: &'static str = "containers";
+    const METRICS: &'static [Metric] = &[
+        Metric::gauge("container_cpu_util", Unit::Percent, "CPU used by the container over the last interval (1 = one CPU)."),
+        Metric::gauge("container_mem_bytes", Unit::Bytes, "Memory used by the container."),
+    ];
     type Config = ContainersConfig;
 
     fn new(_: &ContainersConfig, env: &Env) -> Self {

@@ -23,6 +23,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::collector::{CollectError, Collector, CollectorConfig, Env, Sample};
+use crate::sample::{Metric, Unit};
 
 /// `[collectors.cpu]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,6 +143,13 @@ impl Cpu {
 
 impl Collector for Cpu {
     const NAME: &'static str = "cpu";
+    const METRICS: &'static [Metric] = &[
+        Metric::gauge("cpu_user", Unit::Percent, "Share of CPU time spent in user mode over the last interval (1 = all CPUs)."),
+        Metric::gauge("cpu_system", Unit::Percent, "Share of CPU time spent in kernel mode over the last interval."),
+        Metric::gauge("cpu_iowait", Unit::Percent, "Share of CPU time spent idle waiting for I/O over the last interval."),
+        Metric::gauge("cpu_steal", Unit::Percent, "Share of CPU time stolen by the hypervisor over the last interval."),
+        Metric::gauge("cpu_idle", Unit::Percent, "Share of CPU time spent idle over the last interval."),
+    ];
     type Config = CpuConfig;
 
     fn new(_: &CpuConfig, env: &Env) -> Self {

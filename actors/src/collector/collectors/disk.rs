@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::collector::{CollectError, Collector, CollectorConfig, Env, Sample};
+use crate::sample::{Metric, Unit};
 
 /// `[collectors.disk]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -202,6 +203,11 @@ impl Disk {
 
 impl Collector for Disk {
     const NAME: &'static str = "disk";
+    const METRICS: &'static [Metric] = &[
+        Metric::gauge("disk_reads_sec", Unit::PerSecond, "Completed reads per second over the last interval."),
+        Metric::gauge("disk_writes_sec", Unit::PerSecond, "Completed writes per second over the last interval."),
+        Metric::gauge("disk_latency", Unit::Milliseconds, "Average time per completed I/O over the last interval."),
+    ];
     type Config = DiskConfig;
 
     fn new(config: &DiskConfig, env: &Env) -> Self {

@@ -31,6 +31,7 @@ use hickory_resolver::{Name, TokioResolver};
 use serde::{Deserialize, Serialize};
 
 use crate::collector::{CollectError, Collector, CollectorConfig, Env, Sample};
+use crate::sample::{Metric, Unit};
 
 /// `[collectors.dns]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,6 +93,10 @@ pub struct Dns {
 
 impl Collector for Dns {
     const NAME: &'static str = "dns";
+    const METRICS: &'static [Metric] = &[
+        Metric::gauge("dns", Unit::Milliseconds, "Time the last resolution of the name took at the server.").exposed_as("vigil_dns_resolution_seconds"),
+        Metric::gauge("dns_success", Unit::None, "Whether the last resolution of the name at the server succeeded (1) or not (0)."),
+    ];
     type Config = DnsConfig;
 
     fn new(config: &DnsConfig, env: &Env) -> Self {

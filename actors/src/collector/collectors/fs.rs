@@ -40,6 +40,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::collector::{CollectError, Collector, CollectorConfig, Env, Sample};
+use crate::sample::{Metric, Unit};
 
 /// The filesystem types `fstypes_exclude` holds by default: kernel interfaces, memory-backed
 /// filesystems and container/image layers, none of which is a disk that fills up.
@@ -127,21 +128,11 @@ pub struct FsStats {
 /// in tests.
 pub type StatFn = Box<dyn Fn(&Path) -> io::Result<FsStats>>;
 
-/// `statvfs(2)` on `path`.
+/// `statvfs(2)` on `path` (through rustix: no unsafe code here).
 // The u64::from calls are no-ops on 64-bit Linux but widen on targets where the counts are u32.
 #[allow(clippy::useless_conversion)]
 pub fn statvfs(path: &Path) -> io::Result<FsStats> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
-    // SAFETY: c_path is NUL-terminated and outlives the call; st is writable storage for
-    // exactly one `struct statvfs`.
-    if unsafe { libc::statvfs(c_path.as_ptr(), st.as_mut_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: statvfs returned 0, so it filled the struct (and it was zeroed before anyway).
-    let st = unsafe { st.assume_init() };
+    let st = rustix::fs::statvfs(path).map_err(io::Error::from)?;
     Ok(FsStats {
         blocks: u64::from(st.f_blocks),
         bfree: u64::from(st.f_bfree),
@@ -307,6 +298,10 @@ impl Fs {
 
 impl Collector for Fs {
     const NAME: &'static str = "fs";
+    const METRICS: &'static [Metric] = &[
+        Metric::gauge("fs_disk_util", Unit::Percent, "Share of the filesystem's space in use."),
+        Metric::gauge("fs_inodes_util", Unit::Percent, "Share of the filesystem's inodes in use."),
+    ];
     type Config = FsConfig;
 
     fn new(config: &FsConfig, env: &Env) -> Self {

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::collector::{CollectError, Collector, CollectorConfig, Env, Sample};
+use crate::sample::{Metric, Unit};
 
 /// `[collectors.load]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,6 +72,12 @@ pub fn samples(avg: [f64; 3], cpus: usize, out: &mut Vec<Sample>) {
 
 impl Collector for Load {
     const NAME: &'static str = "load";
+    const METRICS: &'static [Metric] = &[
+        Metric::gauge("load_1", Unit::None, "Load average over 1 minute."),
+        Metric::gauge("load_5", Unit::None, "Load average over 5 minutes."),
+        Metric::gauge("load_15", Unit::None, "Load average over 15 minutes."),
+        Metric::gauge("load_1_norm", Unit::None, "Load average over 1 minute divided by the number of CPUs."),
+    ];
     type Config = LoadConfig;
 
     fn new(_: &LoadConfig, env: &Env) -> Self {

@@ -17,6 +17,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::collector::{CollectError, Collector, CollectorConfig, Env, Sample};
+use crate::sample::{Metric, Unit};
 
 /// `[collectors.mem]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,6 +132,12 @@ impl Mem {
 
 impl Collector for Mem {
     const NAME: &'static str = "mem";
+    const METRICS: &'static [Metric] = &[
+        Metric::gauge("mem_util", Unit::Percent, "Share of memory in use (total minus available)."),
+        Metric::gauge("mem_available_bytes", Unit::Bytes, "Memory available for new work without swapping."),
+        Metric::gauge("mem_swap_util", Unit::Percent, "Share of swap space in use."),
+        Metric::gauge("mem_swap_in", Unit::PerSecond, "Pages swapped in per second over the last interval.").exposed_as("vigil_mem_swap_in_pages_per_second"),
+    ];
     type Config = MemConfig;
 
     fn new(_: &MemConfig, env: &Env) -> Self {

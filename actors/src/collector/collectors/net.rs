@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::collector::{CollectError, Collector, CollectorConfig, Env, Sample};
+use crate::sample::{Metric, Unit};
 
 /// `[collectors.net]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -199,6 +200,14 @@ impl Net {
 
 impl Collector for Net {
     const NAME: &'static str = "net";
+    const METRICS: &'static [Metric] = &[
+        Metric::gauge("net_rcvd_byte", Unit::PerSecond, "Bytes received per second over the last interval.").exposed_as("vigil_net_rcvd_bytes_per_second"),
+        Metric::gauge("net_sent_byte", Unit::PerSecond, "Bytes sent per second over the last interval.").exposed_as("vigil_net_sent_bytes_per_second"),
+        Metric::gauge("net_rcvd_packet", Unit::PerSecond, "Packets received per second over the last interval.").exposed_as("vigil_net_rcvd_packets_per_second"),
+        Metric::gauge("net_sent_packet", Unit::PerSecond, "Packets sent per second over the last interval.").exposed_as("vigil_net_sent_packets_per_second"),
+        Metric::gauge("net_total_error", Unit::PerSecond, "Receive and transmit errors per second over the last interval.").exposed_as("vigil_net_errors_per_second"),
+        Metric::gauge("net_total_drops", Unit::PerSecond, "Received and transmitted packets dropped per second over the last interval.").exposed_as("vigil_net_drops_per_second"),
+    ];
     type Config = NetConfig;
 
     fn new(config: &NetConfig, env: &Env) -> Self {

@@ -27,6 +27,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::collector::{CollectError, Collector, CollectorConfig, Env, Sample};
+use crate::sample::{Metric, Unit};
 use procfs::process::ProcState;
 
 /// `[collectors.processes]`
@@ -153,6 +154,11 @@ impl Processes {
 
 impl Collector for Processes {
     const NAME: &'static str = "processes";
+    const METRICS: &'static [Metric] = &[
+        Metric::gauge("processes", Unit::None, "Processes in the state."),
+        Metric::gauge("proc_threads", Unit::None, "Threads of all processes."),
+        Metric::gauge("proc_open_files", Unit::None, "Open file handles, system-wide."),
+    ];
     type Config = ProcessesConfig;
 
     fn new(_: &ProcessesConfig, env: &Env) -> Self {

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 
 use crate::collector::{CollectError, Collector, CollectorConfig, Env, Sample};
+use crate::sample::{Metric, Unit};
 
 /// `[collectors.time_drift]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,6 +97,10 @@ pub struct TimeDrift {
 
 impl Collector for TimeDrift {
     const NAME: &'static str = "time_drift";
+    const METRICS: &'static [Metric] = &[
+        Metric::gauge("time_drift", Unit::Milliseconds, "Local clock minus the SNTP server's clock."),
+        Metric::gauge("time_drift_success", Unit::None, "Whether the last query of the SNTP server succeeded (1) or not (0)."),
+    ];
     type Config = TimeDriftConfig;
 
     fn new(config: &TimeDriftConfig, env: &Env) -> Self {
