@@ -10,7 +10,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use toml_edit::{ImDocument, Item, Value as EditValue};
+use toml_edit::{Document, Item, Value as EditValue};
 use vigil_actors::config::Config;
 
 /// Where the config comes from (CONTRACT §2 lookup order).
@@ -118,7 +118,7 @@ pub fn load(source: &Source) -> Result<Config, LoadError> {
 
 /// Parses and validates config text; every error found, sorted by position.
 pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
-    let doc = match ImDocument::parse(text) {
+    let doc = match Document::parse(text) {
         Ok(d) => d,
         Err(e) => {
             let (line, column) = e.span().map(|s| line_col(text, s.start)).unzip();
@@ -250,7 +250,7 @@ fn remove(tree: &mut toml::Value, path: &[Segment]) -> bool {
 }
 
 /// Line and column of the key (or, failing that, the deepest enclosing item) at `path`.
-fn locate(text: &str, doc: &ImDocument<&str>, path: &[Segment]) -> Option<(usize, usize)> {
+fn locate(text: &str, doc: &Document<&str>, path: &[Segment]) -> Option<(usize, usize)> {
     let mut best: Option<std::ops::Range<usize>> = None;
     let mut item: Option<Node> = Some(Node::Item(doc.as_item()));
     for seg in path {

@@ -8,8 +8,6 @@
 
 use std::time::Duration;
 
-use rand::Rng;
-
 /// The largest share of a wait that jitter takes off.
 pub const JITTER: f64 = 0.1;
 
@@ -28,7 +26,7 @@ pub fn with_jitter(d: Duration, r: f64) -> Duration {
 
 /// `d` shortened by a random jitter.
 pub fn jittered(d: Duration) -> Duration {
-    with_jitter(d, rand::thread_rng().gen::<f64>())
+    with_jitter(d, rand::random::<f64>())
 }
 
 /// A retry loop's state: consecutive failures since the last success.

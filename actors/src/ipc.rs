@@ -272,7 +272,7 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::{rngs::StdRng, Rng, SeedableRng};
+    use rand::{rngs::StdRng, RngExt, SeedableRng};
 
     fn drain<T: DeserializeOwned>(d: &mut Decoder) -> Vec<Decoded<T>> {
         std::iter::from_fn(|| d.next_item::<T>()).collect()
@@ -417,12 +417,12 @@ mod tests {
             match case % 3 {
                 0 => {
                     // Pure random bytes, biased towards the magic's bytes.
-                    let n = rng.gen_range(0..200);
+                    let n = rng.random_range(0..200);
                     let input: Vec<u8> = (0..n)
-                        .map(|_| match rng.gen_range(0..8) {
-                            0 => MAGIC[rng.gen_range(0..4)],
+                        .map(|_| match rng.random_range(0..8) {
+                            0 => MAGIC[rng.random_range(0..4)],
                             1 => b'\n',
-                            _ => rng.gen(),
+                            _ => rng.random(),
                         })
                         .collect();
                     feed_in_chunks(&mut d, &input, &mut rng, |item| {
@@ -432,20 +432,20 @@ mod tests {
                 1 => {
                     // A valid stream, then mutated: flipped bits, cut, duplicated or inserted bytes.
                     let mut input = Vec::new();
-                    for _ in 0..rng.gen_range(1..4) {
-                        input.extend(&frames[rng.gen_range(0..frames.len())]);
+                    for _ in 0..rng.random_range(1..4) {
+                        input.extend(&frames[rng.random_range(0..frames.len())]);
                     }
-                    for _ in 0..rng.gen_range(1..4) {
+                    for _ in 0..rng.random_range(1..4) {
                         if input.is_empty() {
                             break;
                         }
-                        let at = rng.gen_range(0..input.len());
-                        match rng.gen_range(0..4) {
-                            0 => input[at] ^= 1 << rng.gen_range(0..8),
+                        let at = rng.random_range(0..input.len());
+                        match rng.random_range(0..4) {
+                            0 => input[at] ^= 1 << rng.random_range(0..8),
                             1 => input.truncate(at),
-                            2 => input.insert(at, rng.gen()),
+                            2 => input.insert(at, rng.random()),
                             _ => {
-                                let end = (at + rng.gen_range(1..20)).min(input.len());
+                                let end = (at + rng.random_range(1..20)).min(input.len());
                                 let dup = input[at..end].to_vec();
                                 input.splice(at..at, dup);
                             }
@@ -459,11 +459,11 @@ mod tests {
                     // Junk without 0xFF between valid frames: every frame must come out.
                     let mut input = Vec::new();
                     let mut expected = Vec::new();
-                    for _ in 0..rng.gen_range(1..5) {
-                        for _ in 0..rng.gen_range(0..40) {
-                            input.push(rng.gen_range(0..0xFFu8));
+                    for _ in 0..rng.random_range(1..5) {
+                        for _ in 0..rng.random_range(0..40) {
+                            input.push(rng.random_range(0..0xFFu8));
                         }
-                        let i = rng.gen_range(0..frames.len());
+                        let i = rng.random_range(0..frames.len());
                         input.extend(&frames[i]);
                         expected.push(i);
                     }
@@ -499,7 +499,7 @@ mod tests {
     ) {
         let mut at = 0;
         while at < input.len() {
-            let n = rng.gen_range(1..=input.len() - at);
+            let n = rng.random_range(1..=input.len() - at);
             d.feed(&input[at..at + n]);
             at += n;
             while let Some(item) = d.next_item::<FromCollector>() {

@@ -21,25 +21,24 @@
 //!
 //! # Layout
 //!
-//! * [`ipc`]: the frame codec and the messages on the pipes (both processes).
-//! * [`supervisor`]: restart policy, crash reports, status snapshot; applies check-in changes.
-//! * [`checkin`]: the check-in actor (remote settings, upload token, module downloads).
-//! * [`module`]: signed collector modules: verification, installation, rollback bookkeeping.
-//! * [`child_process`]: spawning, pipe draining, exit status.
-//! * [`heartbeat`]: liveness of the child.
-//! * [`parent_link`]: the child's end of the pipes.
-//! * [`crash_report`]: the files of CONTRACT §6.
-//! * [`fault`]: `VIGIL_FAULT` injection in the child.
-//! * [`collector`]: the `Collector` trait and the generic `CollectorActor`.
-//! * [`collectors`]: the one list of collectors, and each collector.
-//! * [`config`]: the configuration schema and its semantic checks.
-//! * [`protocol`]: the native upload protocol.
-//! * [`remote_write`]: Prometheus remote write 1.0 encoding.
-//! * [`resolver`]: name resolution without libc (hickory), also for awc.
-//! * [`uploader`]: one actor per upload sink (spool, connection, acks).
-//! * [`signals`]: signal names.
-//! * [`sd_notify`]: readiness and watchdog notifications to systemd.
-//! * [`spool`]: the durable, checksummed spool of one upload sink (upload itself: issue 4).
+//! By process: a module under [`supervisor`] or [`upload`] runs only in `vigil run`, one
+//! under [`collector`] only in `vigil collector`, and the top level holds only what both
+//! share. Shared modules take nothing from the three folders, with one arrow down allowed by
+//! design: [`config`] composes the registry's `CollectorsConfig`. [`upload`] takes nothing
+//! from [`supervisor`]. `scripts/check-cycles` keeps the tree free of import circles.
+//!
+//! * [`supervisor`] (supervisor process): the `Supervisor` and its messages, the restart
+//!   `policy` (backoff, crash loop, quarantine), `child_process`, `heartbeat`,
+//!   `crash_report`, `sd_notify`, `checkin` (own Arbiter) and `module`.
+//! * [`upload`] (supervisor process): the `Uploader` per sink, `spool`, one file per sink
+//!   type (`native`, `remote_write`), `protocol` (the native wire format and the spooled
+//!   batch), `tls`, and `token` (the upload token store check-ins write and sinks read).
+//! * [`collector`] (collector process): the `Collector` trait and `CollectorActor`,
+//!   `parent_link`, `fault`, and `collectors`: the one registration list and each collector.
+//! * Shared: [`ipc`] (the frame codec and the messages on the pipes), [`config`] (the
+//!   schema), [`validate`] (located config problems), [`sample`] (samples and metric
+//!   declarations), [`resolver`] (names without libc, also for awc), [`signals`] (signal
+//!   names), [`backoff`] (the one backoff-with-jitter of every retry loop).
 
 pub mod backoff;
 pub mod collector;

@@ -173,7 +173,7 @@ fn run(
         notify,
     };
     let host = if cfg.agent.hostname.is_empty() {
-        sysinfo::System::host_name().unwrap_or_else(|| "unknown".into())
+        sysinfo::System::host_name().unwrap_or_else(|_| "unknown".into())
     } else {
         cfg.agent.hostname.clone()
     };

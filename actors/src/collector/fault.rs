@@ -179,9 +179,9 @@ pub fn close_stdout() {
 
 /// `len` random bytes that are not a frame (their magic would need a matching header CRC).
 pub fn garbage(len: usize) -> Vec<u8> {
-    use rand::Rng;
-    let mut rng = rand::thread_rng();
-    let mut v: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+    use rand::RngExt;
+    let mut rng = rand::rng();
+    let mut v: Vec<u8> = (0..len).map(|_| rng.random()).collect();
     if let Some(last) = v.last_mut() {
         *last = b'\n';
     }

@@ -26,7 +26,6 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use futures_util::StreamExt;
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::config::CheckinConfig;
@@ -311,8 +310,7 @@ impl Actor for Checkin {
     fn started(&mut self, ctx: &mut Context<Self>) {
         tracing::info!(url = %self.s.config.url, interval_secs = self.s.config.interval_secs, "Check-ins enabled.");
         // The first one soon, but not in lockstep with a fleet that restarted together.
-        let first =
-            self.s.config.interval().min(Duration::from_secs(5)).mul_f64(rand::thread_rng().gen::<f64>());
+        let first = self.s.config.interval().min(Duration::from_secs(5)).mul_f64(rand::random::<f64>());
         ctx.run_later(first, |this, ctx| this.tick(ctx));
     }
 }

@@ -13,15 +13,12 @@
 //! Shutdown (SIGTERM/SIGINT) from any state ─► stopping ─► stopped (process exits 0)
 //! ```
 //!
-//! # Restart policy ([`RestartPolicy`])
+//! # Restart policy ([`policy`])
 //!
-//! The n-th consecutive crash waits `restart_initial_delay_ms · 2^(n-1)`, capped at
-//! `restart_max_delay_secs`, minus up to 10 % jitter (so a fleet of agents does not restart
-//! in lockstep, and the delay never exceeds the cap). An incarnation that lived
-//! `stable_after_secs` resets the count first. `crash_loop_crashes` crashes within
-//! `crash_loop_window_secs` make the state `crash_loop` instead of `backoff`: an operator
-//! signal, not a surrender, since the child keeps being restarted with delays that keep
-//! doubling to the cap.
+//! Each crash asks [`RestartPolicy`] how long to wait (exponential backoff with the one
+//! jitter of [`crate::backoff`]) and whether it is a crash loop; a crash with a collector in
+//! flight asks [`Quarantine`] whether that collector must be left out for a while. Both are
+//! plain code in `policy.rs`, tested without processes.
 //!
 //! # Check-ins ([`updates`])
 //!
@@ -50,7 +47,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use rand::Rng;
 use serde::Serialize;
 
 use crate::collector::collectors::{CollectorsConfig, NAMES};
@@ -546,7 +542,7 @@ impl Supervisor {
     /// Applies the restart policy for an incarnation that lived `lived`.
     fn schedule_restart(&mut self, ctx: &mut Context<Self>, lived: Duration) {
         let now = Instant::now();
-        let d = self.policy.on_crash(now, lived, rand::thread_rng().gen::<f64>());
+        let d = self.policy.on_crash(now, lived, rand::random::<f64>());
         let was_loop = std::mem::replace(&mut self.in_crash_loop, d.crash_loop);
         self.state = if d.crash_loop { State::CrashLoop } else { State::Backoff };
         if d.crash_loop && !was_loop {

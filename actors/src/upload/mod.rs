@@ -1,4 +1,5 @@
-//! [`Uploader`]: one per `[[upload]]` sink, in the supervisor. Collector restarts never touch
+//! [`Uploader`]: one per `[[upload]]` sink, in the supervisor; the sink types are
+//! [`native`] (WebSocket) and [`remote_write`] (Prometheus), one file each. Collector restarts never touch
 //! it: its connection and spool belong to the supervisor process.
 //!
 //! Samples arrive from the Supervisor ([`Publish`]) and are buffered. Every
@@ -7,12 +8,12 @@
 //! spool when the receiver acknowledges its seq. At most [`WINDOW`] batches are in flight on
 //! a connection; after a reconnect everything unacknowledged is sent again, in order (the
 //! receiver de-duplicates by `(agent_id, seq)`). Failed connections back off exponentially
-//! (1 s doubling to 60 s, minus up to 20 % jitter); an idle connection is pinged every
+//! (1 s doubling to 60 s, minus up to 10 % jitter: [`crate::backoff`]); an idle connection is pinged every
 //! [`PING_EVERY`].
 
-mod native;
+pub mod native;
 pub mod protocol;
-mod remote_write;
+pub mod remote_write;
 pub mod spool;
 pub mod tls;
 pub mod token;

@@ -348,7 +348,7 @@ fn sync_dir(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::{rngs::StdRng, Rng, SeedableRng};
+    use rand::{rngs::StdRng, RngExt, SeedableRng};
 
     fn dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("vigil-spool-{name}-{}", std::process::id()));
@@ -440,21 +440,21 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(0x5B001);
         for case in 0..200_000u32 {
             let mut data = Vec::new();
-            let n = rng.gen_range(0..6);
+            let n = rng.random_range(0..6);
             for i in 0..n {
-                let len = rng.gen_range(0..40);
-                data.extend(encode_record(i + 1, &vec![rng.gen(); len]));
+                let len = rng.random_range(0..40);
+                data.extend(encode_record(i + 1, &vec![rng.random(); len]));
             }
             match case % 3 {
-                0 => data = (0..rng.gen_range(0..120)).map(|_| rng.gen()).collect(),
+                0 => data = (0..rng.random_range(0..120)).map(|_| rng.random()).collect(),
                 1 if !data.is_empty() => {
-                    for _ in 0..rng.gen_range(1..4) {
-                        let at = rng.gen_range(0..data.len());
-                        data[at] ^= 1 << rng.gen_range(0..8);
+                    for _ in 0..rng.random_range(1..4) {
+                        let at = rng.random_range(0..data.len());
+                        data[at] ^= 1 << rng.random_range(0..8);
                     }
                 }
                 _ if !data.is_empty() => {
-                    let at = rng.gen_range(0..data.len());
+                    let at = rng.random_range(0..data.len());
                     data.truncate(at);
                 }
                 _ => {}

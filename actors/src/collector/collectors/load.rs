@@ -37,7 +37,7 @@ pub struct Load {
 impl Load {
     fn read(&self) -> Result<[f64; 3], CollectError> {
         if self.env.root == std::path::Path::new("/") {
-            let l = sysinfo::System::load_average();
+            let l = sysinfo::System::load_average().map_err(|e| CollectError::Other(format!("load average: {e}")))?;
             Ok([l.one, l.five, l.fifteen])
         } else {
             use procfs::FromRead;
@@ -53,7 +53,7 @@ pub(crate) fn cpu_count(env: &Env) -> usize {
         let sys = sysinfo::System::new_with_specifics(
             sysinfo::RefreshKind::nothing().with_cpu(sysinfo::CpuRefreshKind::nothing()),
         );
-        sys.cpus().len()
+        sys.map(|s| s.cpus().len()).unwrap_or(0)
     } else {
         use procfs::FromRead;
         procfs::CpuInfo::from_file(env.path("/proc/cpuinfo")).map(|c| c.num_cores()).unwrap_or(0)
