@@ -8,11 +8,27 @@
 //! The log file is held in a [`LogFile`] that SIGHUP reopens: logrotate (in its default
 //! `create` mode) renames the file and then signals vigil, and from then on every line goes
 //! to a new file at the configured path.
+//!
+//! # The supervisor's log never blocks it
+//!
+//! A line is formatted where it is logged and handed to the log thread through a queue of
+//! at most [`QUEUE_LINES`] lines ([`NonBlocking`]); the log thread writes it to the file or
+//! stderr. When the destination stalls (a frozen disk, a stopped reader of stderr) the queue
+//! fills and further lines are dropped, never waited for: counted
+//! ([`lines_dropped`], `/metrics` `vigil_log_lines_dropped_total`), and the count is logged as
+//! soon as the queue has drained. The crash report's stderr tail does not come from the log
+//! (the supervisor keeps it in memory), so it stays byte-exact either way.
+//!
+//! Until [`Log::start_thread`] (called after `--daemon` forked: a thread would not survive
+//! the fork) lines are written directly.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tracing::field::{Field, Visit};
@@ -95,6 +111,207 @@ impl<'a> MakeWriter<'a> for LogFile {
     }
 }
 
+/// Lines waiting for the log's destination, at most (about 4 MiB of typical lines).
+pub const QUEUE_LINES: usize = 16_384;
+
+/// Lines dropped because the log's destination stalled (or refused them), since start.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Lines dropped because the log's destination stalled, since start.
+pub fn lines_dropped() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+/// Where the supervisor's lines go.
+#[derive(Clone)]
+enum Dest {
+    File(LogFile),
+    Stderr,
+}
+
+impl Dest {
+    fn write_line(&self, line: &[u8]) -> io::Result<()> {
+        match self {
+            Dest::File(f) => f.make_writer().write_all(line),
+            Dest::Stderr => io::stderr().lock().write_all(line),
+        }
+    }
+}
+
+enum Item {
+    Line(Vec<u8>),
+    Reopen,
+}
+
+/// The queue between the threads that log and the log thread.
+struct Queue {
+    dest: Dest,
+    /// Set once the log thread runs; lines are written directly before that.
+    tx: OnceLock<SyncSender<Item>>,
+    /// Lines queued and not yet written.
+    queued: AtomicUsize,
+    /// A reopen asked for while the queue was full.
+    reopen: AtomicBool,
+}
+
+/// The supervisor's `MakeWriter`: each event's line goes to the queue in one piece, or is
+/// dropped (and counted) when the queue is full.
+#[derive(Clone)]
+pub struct NonBlocking(Arc<Queue>);
+
+/// One event's line, sent when the formatter is done with it.
+pub struct QueuedLine<'a> {
+    queue: &'a Queue,
+    buf: Vec<u8>,
+}
+
+impl Write for QueuedLine<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for QueuedLine<'_> {
+    fn drop(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let line = std::mem::take(&mut self.buf);
+        let Some(tx) = self.queue.tx.get() else {
+            if self.queue.dest.write_line(&line).is_err() {
+                DROPPED.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        };
+        self.queue.queued.fetch_add(1, Ordering::Relaxed);
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(Item::Line(line)) {
+            self.queue.queued.fetch_sub(1, Ordering::Relaxed);
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<'a> MakeWriter<'a> for NonBlocking {
+    type Writer = QueuedLine<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        QueuedLine { queue: &self.0, buf: Vec::new() }
+    }
+}
+
+/// The supervisor's log, as `vigil run` holds it.
+pub struct Log {
+    queue: Arc<Queue>,
+}
+
+impl Log {
+    /// The log file, when there is one (else stderr).
+    pub fn path(&self) -> Option<&Path> {
+        match &self.queue.dest {
+            Dest::File(f) => Some(f.path()),
+            Dest::Stderr => None,
+        }
+    }
+
+    /// Starts the log thread; from then on nothing that logs waits for the destination.
+    pub fn start_thread(&self) -> io::Result<()> {
+        if self.queue.tx.get().is_some() {
+            return Ok(());
+        }
+        let (tx, rx) = sync_channel(QUEUE_LINES);
+        let queue = self.queue.clone();
+        // The thread's own lines (the drop counts, reopen outcomes) go where the caller's do.
+        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+        std::thread::Builder::new()
+            .name("vigil-log".into())
+            .spawn(move || tracing::dispatcher::with_default(&dispatch, || log_thread(&queue, rx)))?;
+        let _ = self.queue.tx.set(tx);
+        Ok(())
+    }
+
+    /// Has the log thread reopen the file (SIGHUP); lines logged before go to the old file.
+    /// Returns at once; the thread logs the outcome.
+    pub fn reopen(&self) {
+        match self.queue.tx.get() {
+            Some(tx) => {
+                if tx.try_send(Item::Reopen).is_err() {
+                    self.queue.reopen.store(true, Ordering::Relaxed);
+                }
+            }
+            None => reopen_now(&self.queue.dest),
+        }
+    }
+
+    /// Waits until the queued lines are written, at most `within` (at exit); whether they
+    /// were.
+    pub fn flush(&self, within: Duration) -> bool {
+        let until = Instant::now() + within;
+        while self.queue.queued.load(Ordering::Relaxed) > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.queue.queued.load(Ordering::Relaxed) == 0
+    }
+
+    /// Writes `line` to the destination now, waiting at most `within` for it (for the
+    /// panic hook: the log thread may never get to it).
+    pub fn write_direct(&self, line: &[u8], within: Duration) {
+        let dest = self.queue.dest.clone();
+        let line = line.to_vec();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new().name("vigil-log-panic".into()).spawn(move || {
+            let _ = dest.write_line(&line);
+            let _ = done_tx.send(());
+        });
+        if spawned.is_ok() {
+            let _ = done_rx.recv_timeout(within);
+        }
+    }
+}
+
+fn reopen_now(dest: &Dest) {
+    let Dest::File(log) = dest else { return };
+    match log.reopen() {
+        Ok(()) => tracing::info!(log_file = %log.path().display(), "Log file reopened (SIGHUP)."),
+        Err(e) => tracing::error!(
+            log_file = %log.path().display(),
+            error = %e,
+            "Cannot reopen the log file; still writing to the old one."
+        ),
+    }
+}
+
+/// The log thread: writes queued lines in order; reports drops once the queue has drained.
+fn log_thread(queue: &Queue, rx: Receiver<Item>) {
+    let mut reported = 0;
+    while let Ok(item) = rx.recv() {
+        match item {
+            Item::Line(line) => {
+                if queue.dest.write_line(&line).is_err() {
+                    DROPPED.fetch_add(1, Ordering::Relaxed);
+                }
+                queue.queued.fetch_sub(1, Ordering::Relaxed);
+            }
+            Item::Reopen => reopen_now(&queue.dest),
+        }
+        if queue.reopen.swap(false, Ordering::Relaxed) {
+            reopen_now(&queue.dest);
+        }
+        let dropped = DROPPED.load(Ordering::Relaxed);
+        if dropped > reported && queue.queued.load(Ordering::Relaxed) == 0 {
+            tracing::warn!(
+                dropped = dropped - reported,
+                dropped_total = dropped,
+                "Log lines were dropped because the log's destination stalled; it takes lines again."
+            );
+            reported = dropped;
+        }
+    }
+}
+
 /// The formatting layer for `format`, writing to `writer`.
 fn fmt_layer<W>(format: LogFormat, writer: W) -> Box<dyn Layer<Registry> + Send + Sync>
 where
@@ -107,23 +324,66 @@ where
     }
 }
 
-/// Supervisor logging: timestamps, to `log_file` (appended) or stderr. Returns the file's
-/// handle, for reopening it on SIGHUP.
+/// Supervisor logging: timestamps, to `log_file` (appended) or stderr, through the queue of
+/// [`NonBlocking`] once [`Log::start_thread`] ran.
 pub fn init_supervisor(
     level: LogLevel,
     format: LogFormat,
     log_file: Option<&Path>,
-) -> anyhow::Result<Option<LogFile>> {
+) -> anyhow::Result<Arc<Log>> {
     let filter = targets(&format!("{},{OUTPUT_TARGET}=trace", level.as_str()));
-    let (layer, file) = match log_file {
-        Some(path) => {
-            let file = LogFile::open(path)?;
-            (fmt_layer(format, file.clone()), Some(file))
-        }
-        None => (fmt_layer(format, io::stderr), None),
+    let dest = match log_file {
+        Some(path) => Dest::File(LogFile::open(path)?),
+        None => Dest::Stderr,
     };
+    let queue = Arc::new(Queue {
+        dest,
+        tx: OnceLock::new(),
+        queued: AtomicUsize::new(0),
+        reopen: AtomicBool::new(false),
+    });
+    let layer = fmt_layer(format, NonBlocking(queue.clone()));
     tracing_subscriber::registry().with(layer.with_filter(filter)).init();
-    Ok(file)
+    let log = Arc::new(Log { queue });
+    let _ = SUPERVISOR_LOG.set(log.clone());
+    Ok(log)
+}
+
+/// The supervisor's log, for [`flush`] and the panic hook.
+static SUPERVISOR_LOG: OnceLock<Arc<Log>> = OnceLock::new();
+
+/// At exit: waits until the supervisor's queued lines are written, at most `within`.
+pub fn flush(within: Duration) {
+    if let Some(log) = SUPERVISOR_LOG.get() {
+        log.flush(within);
+    }
+}
+
+/// `vigil run`: a panic on any thread of the supervisor ends the process with exit status 1
+/// (CONTRACT §10), so that systemd restarts it, instead of leaving a process whose
+/// supervising actor is gone but which still answers, or ignores, signals. The message, its
+/// place and the thread's stack go to the log, also under `--daemon` (where stderr is
+/// /dev/null); directly when the log thread does not get them out within a second.
+pub fn exit_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current().name().unwrap_or("unnamed").to_string();
+        let backtrace = std::backtrace::Backtrace::force_capture();
+        let what = info.to_string().replace('\n', " ");
+        tracing::error!(
+            thread = %thread,
+            panic = %what,
+            "The supervisor panicked ({what}); exiting with status 1 so that it is restarted rather than left running without supervising. Stack:\n{backtrace}"
+        );
+        if let Some(log) = SUPERVISOR_LOG.get() {
+            if !log.flush(Duration::from_secs(1)) {
+                let line = format!(
+                    "vigil: the supervisor panicked on thread {thread}: {what}; exiting with status 1\n"
+                );
+                log.write_direct(line.as_bytes(), Duration::from_secs(1));
+            }
+        }
+        std::process::exit(1);
+    }));
 }
 
 /// Plain stderr logging at `level`, for one-shot commands.
@@ -243,6 +503,48 @@ mod tests {
         assert_eq!(v["fields"], serde_json::json!({"pid": 7, "signal": "SIGSEGV", "ok": false}));
         assert!(v["target"].as_str().unwrap().starts_with("vigil"), "{v}");
         chrono::DateTime::parse_from_rfc3339(v["timestamp"].as_str().unwrap()).unwrap();
+    }
+
+    /// A destination that stops taking lines (a pipe nobody reads) never holds up the code
+    /// that logs: past the queue, lines are dropped and counted, and once the destination
+    /// takes lines again the count is logged.
+    #[test]
+    fn a_stalled_destination_drops_and_counts_lines_without_blocking() {
+        let mut fds = [0; 2];
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let file = LogFile::open(Path::new(&format!("/proc/self/fd/{}", fds[1]))).unwrap();
+        let queue = Arc::new(Queue {
+            dest: Dest::File(file),
+            tx: OnceLock::new(),
+            queued: AtomicUsize::new(0),
+            reopen: AtomicBool::new(false),
+        });
+        let log = Log { queue: queue.clone() };
+        let subscriber = tracing_subscriber::registry().with(fmt_layer(LogFormat::Text, NonBlocking(queue)));
+        let before = lines_dropped();
+        tracing::subscriber::with_default(subscriber, || {
+            log.start_thread().unwrap();
+            let t0 = Instant::now();
+            // 20 MiB of lines into a 64 KiB pipe that nobody reads.
+            for i in 0..100_000 {
+                tracing::info!(i, "{}", "x".repeat(200));
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "logging waited for the stalled pipe");
+            assert!(lines_dropped() - before > 50_000, "dropped {}", lines_dropped() - before);
+            // Read the pipe: the backlog drains and the count is reported.
+            let mut reader = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fds[0]) };
+            let mut seen = Vec::new();
+            let mut buf = vec![0; 1 << 16];
+            let until = Instant::now() + Duration::from_secs(20);
+            while !String::from_utf8_lossy(&seen).contains("Log lines were dropped") {
+                assert!(Instant::now() < until, "no drop report");
+                let n = io::Read::read(&mut reader, &mut buf).unwrap();
+                seen.extend_from_slice(&buf[..n]);
+                if seen.len() > 1 << 20 {
+                    seen.drain(..seen.len() - 4096);
+                }
+            }
+        });
     }
 
     #[test]

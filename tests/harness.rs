@@ -49,6 +49,8 @@ pub struct Agent {
     pub dir: tempfile::TempDir,
     pub log: PathBuf,
     pub addr: String,
+    /// `--data-dir` (`dir/data` unless started with [`Agent::start_at`]).
+    pub data: PathBuf,
 }
 
 impl Agent {
@@ -67,15 +69,29 @@ impl Agent {
     }
 
     pub fn start_in(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Agent {
+        let data = dir.path().join("data");
+        let log = dir.path().join("vigil.log");
+        Agent::start_at(dir, &data, &log, config, env)
+    }
+
+    /// Starts `vigil run` with its data dir and log file where the test says (e.g. on a file
+    /// system it will freeze).
+    pub fn start_at(
+        dir: tempfile::TempDir,
+        data: &Path,
+        log: &Path,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Agent {
         let cfg = dir.path().join("vigil.toml");
         std::fs::write(&cfg, config).unwrap();
-        let log = dir.path().join("vigil.log");
+        let (data, log) = (data.to_path_buf(), log.to_path_buf());
         let mut cmd = Command::new(vigil());
         cmd.arg("run")
             .arg("--config")
             .arg(&cfg)
             .arg("--data-dir")
-            .arg(dir.path().join("data"))
+            .arg(&data)
             .arg("--log-file")
             .arg(&log)
             .env_remove("VIGIL_FAULT")
@@ -86,7 +102,7 @@ impl Agent {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn vigil run");
-        let mut agent = Agent { child, dir, log, addr: String::new() };
+        let mut agent = Agent { child, dir, log, addr: String::new(), data };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(addr) = agent.log_text().lines().find_map(|l| {
@@ -112,7 +128,7 @@ impl Agent {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.data.clone()
     }
 
     pub fn crash_dir(&self) -> PathBuf {

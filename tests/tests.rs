@@ -5,6 +5,7 @@ mod harness;
 mod checkin;
 mod cli;
 mod collectors;
+mod faults;
 mod inspect;
 mod metrics;
 mod ops;

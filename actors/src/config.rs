@@ -89,6 +89,9 @@ pub struct UploadConfig {
     pub flush_interval_secs: f64,
     /// Spool size limit in bytes; the oldest batches are dropped (and counted) past it.
     pub spool_max_bytes: u64,
+    /// `vigil` sink: a sent batch not acknowledged (or a ping not answered) within this many
+    /// seconds means the connection is dead: it is closed and made again.
+    pub ack_timeout_secs: f64,
 }
 
 impl Default for UploadConfig {
@@ -101,6 +104,7 @@ impl Default for UploadConfig {
             ca_file: String::new(),
             flush_interval_secs: 10.0,
             spool_max_bytes: 268_435_456,
+            ack_timeout_secs: 30.0,
         }
     }
 }
@@ -410,6 +414,12 @@ impl Config {
             {
                 out.push(ConfigProblem {
                     path: at("flush_interval_secs"),
+                    message: "must be a number of seconds above 0".into(),
+                });
+            }
+            if !(u.ack_timeout_secs.is_finite() && u.ack_timeout_secs > 0.0 && u.ack_timeout_secs <= 1e7) {
+                out.push(ConfigProblem {
+                    path: at("ack_timeout_secs"),
                     message: "must be a number of seconds above 0".into(),
                 });
             }

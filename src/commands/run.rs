@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use actix::{Actor, AsyncContext};
+use actix::AsyncContext;
 use anyhow::Context as _;
 use tokio::signal::unix::{signal, SignalKind};
 use vigil_actors::config::Config;
@@ -57,7 +57,7 @@ pub fn main(args: RunArgs) -> ExitCode {
     }
     // Filled in the daemon once it has forked; the parent waits for its verdict.
     let mut readiness = None;
-    match run(args, source, cfg, log_file, &mut readiness) {
+    let code = match run(args, source, cfg, log_file, &mut readiness) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "Fatal error.");
@@ -67,7 +67,10 @@ pub fn main(args: RunArgs) -> ExitCode {
             }
             ExitCode::from(1)
         }
-    }
+    };
+    // The last lines are in the log's queue: let them out (unless its disk is frozen).
+    crate::logging::flush(std::time::Duration::from_secs(2));
+    code
 }
 
 fn run(
@@ -137,9 +140,13 @@ fn run(
         _ => std::env::current_exe().context("cannot find the vigil executable to run as the collector")?,
     };
     if args.daemon {
-        let log_path = log.as_ref().map_or(Path::new("the log"), |l| l.path());
+        let log_path = log.path().unwrap_or(Path::new("the log"));
         *readiness = Some(daemon::detach(log_path)?);
     }
+    // From here on no line waits for the log's destination (after the fork: threads do
+    // not survive it).
+    log.start_thread().context("cannot start the log thread")?;
+    crate::logging::exit_on_panic();
     if let (daemon::Previous::Stale(old), Some(p)) = (&previous, &pidfile) {
         tracing::warn!(pidfile = %p.display(), old = %old, "Replacing a stale pidfile (its process is gone).");
     }
@@ -169,7 +176,6 @@ fn run(
         tags: cfg.agent.tags.clone(),
         upload_hosts: cfg.upload.iter().filter_map(|u| url_host(&u.url)).collect(),
         sinks: Vec::new(),
-        sink_flush: Vec::new(),
         notify,
     };
     let host = if cfg.agent.hostname.is_empty() {
@@ -208,11 +214,12 @@ fn run(
                     .with_crash_reports(vigil_actors::supervisor::crash_report::upload_source(
                         settings.crash_dir(),
                     ));
-                sinks.push(up.start());
+                // Each sink on its own thread: its spool's fsyncs and its connection can
+                // stall it, never the supervision thread.
+                sinks.push(up.start_on_own_thread());
             }
         }
-        settings.sinks = sinks.iter().map(|a| a.clone().recipient()).collect();
-        settings.sink_flush = sinks.iter().map(|a| a.clone().recipient()).collect();
+        settings.sinks = sinks.clone();
         let ctx = actix::Context::<Supervisor>::new();
         let supervisor = ctx.address();
         if let Some(public_key) = checkin_key {
@@ -225,23 +232,21 @@ fn run(
                 version: vigil_actors::VERSION.to_string(),
                 base_collectors,
                 supervisor: supervisor.clone(),
-                sinks: sinks.iter().map(|a| a.clone().recipient()).collect(),
+                sinks: sinks.iter().map(|s| s.addr().clone().recipient()).collect(),
                 upload_token_file,
             });
         }
-        if let Some((_handle, addr)) = crate::endpoint::start(
-            &listen,
-            token,
-            stale_after,
-            settings.crash_dir(),
-            supervisor.clone(),
-            sinks,
-        )? {
+        let crash_dir = settings.crash_dir();
+        let (sup, feed) = Supervisor::new(settings).context("cannot start the supervisor's disk thread")?;
+        if let Some((_handle, addr)) =
+            crate::endpoint::start(&listen, token, stale_after, crash_dir, feed, sinks)?
+        {
             tracing::info!(addr = %addr, "Status endpoint listening.");
         }
         // Written once the endpoint answers, and before the first collector exists.
         let pidfile = pidfile.map(|p| daemon::Pidfile::write(&p, std::process::id())).transpose()?;
-        ctx.run(Supervisor::new(settings));
+        ctx.run(sup);
+        inject_supervisor_fault(&supervisor)?;
         for (kind, name) in [(SignalKind::terminate(), "SIGTERM"), (SignalKind::interrupt(), "SIGINT")] {
             let mut stream = signal(kind).with_context(|| format!("cannot handle {name}"))?;
             let sup = supervisor.clone();
@@ -256,7 +261,7 @@ fn run(
         let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
         actix_rt::spawn(async move {
             while hup.recv().await.is_some() {
-                reopen_log(log.as_ref());
+                reopen_log(&log);
             }
         });
         Ok(pidfile)
@@ -271,20 +276,32 @@ fn run(
 }
 
 /// SIGHUP: the last line goes to the old file, the next ones to a new file at the path.
-fn reopen_log(log: Option<&crate::logging::LogFile>) {
-    let Some(log) = log else {
+/// `VIGIL_SUPERVISOR_FAULT=panic@SECS` (for tests and for operators who want to see it): the
+/// Supervisor actor panics SECS after start, which must end the process with status 1.
+fn inject_supervisor_fault(supervisor: &actix::Addr<Supervisor>) -> anyhow::Result<()> {
+    let Ok(spec) = std::env::var("VIGIL_SUPERVISOR_FAULT") else { return Ok(()) };
+    let secs = spec
+        .strip_prefix("panic@")
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .ok_or_else(|| anyhow::anyhow!("VIGIL_SUPERVISOR_FAULT={spec}: expected panic@SECS"))?;
+    tracing::warn!(after_secs = secs, "VIGIL_SUPERVISOR_FAULT: the Supervisor will panic.");
+    let sup = supervisor.clone();
+    actix_rt::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs_f64(secs)).await;
+        sup.do_send(vigil_actors::supervisor::InjectPanic);
+    });
+    Ok(())
+}
+
+/// The log thread reopens the file (and logs how that went): opening a file can block.
+fn reopen_log(log: &crate::logging::Log) {
+    let Some(path) = log.path() else {
         tracing::info!("SIGHUP received; logging to stderr, so there is no log file to reopen.");
         return;
     };
-    tracing::info!(log_file = %log.path().display(), "SIGHUP received; reopening the log file.");
-    match log.reopen() {
-        Ok(()) => tracing::info!(log_file = %log.path().display(), "Log file reopened (SIGHUP)."),
-        Err(e) => tracing::error!(
-            log_file = %log.path().display(),
-            error = %e,
-            "Cannot reopen the log file; still writing to the old one."
-        ),
-    }
+    tracing::info!(log_file = %path.display(), "SIGHUP received; reopening the log file.");
+    log.reopen();
 }
 
 /// The host name of a URL (`ws://host:port/path` → `host`, `[::1]` → `::1`), for the dns

@@ -175,12 +175,28 @@ pub struct Scrape<'a> {
     pub now_ms: i64,
     /// Series whose latest value is older than this are left out.
     pub stale_after: Duration,
+    /// Supervisor log lines dropped because the log's destination stalled.
+    pub log_lines_dropped: u64,
 }
 
 /// The exposition of one scrape.
 pub fn render(s: &Scrape) -> String {
     let mut e = Exposition::default();
     agent_families(&mut e, s.status);
+    e.add(
+        "vigil_log_lines_dropped_total",
+        Kind::Counter,
+        "Supervisor log lines dropped because the log's destination stalled (a frozen disk).",
+        &[],
+        s.log_lines_dropped as f64,
+    );
+    e.add(
+        "vigil_crash_reports_pending",
+        Kind::Gauge,
+        "Crash reports held in memory, not yet on disk.",
+        &[],
+        s.status.collector.pending_crash_reports as f64,
+    );
     for sink in s.sinks {
         sink_families(&mut e, sink);
     }
@@ -474,6 +490,7 @@ mod tests {
                 next_restart_in_ms: None,
                 heartbeat: HeartbeatStatus { last_ack_ms_ago: Some(250), rtt_ms: Some(0.5) },
                 last_exit: None,
+                pending_crash_reports: 0,
                 crash_counts: vec![
                     CrashCount {
                         reason: "signaled".into(),
@@ -548,6 +565,7 @@ mod tests {
             latest: &latest,
             now_ms: now,
             stale_after: Duration::from_secs(30),
+            log_lines_dropped: 0,
         });
         assert!(text.contains("\nvigil_cpu_user_ratio 0.25\n"), "{text}");
         assert!(
@@ -569,6 +587,7 @@ mod tests {
             latest: &[],
             now_ms: 0,
             stale_after: Duration::from_secs(30),
+            log_lines_dropped: 0,
         });
         for line in [
             "vigil_build_info{version=\"1.2.3\"} 1",
@@ -605,8 +624,14 @@ mod tests {
         let mut st = snapshot();
         st.collectors.clear();
         st.collector.heartbeat = HeartbeatStatus { last_ack_ms_ago: None, rtt_ms: None };
-        let text =
-            render(&Scrape { status: &st, sinks: &[], latest: &[], now_ms: 0, stale_after: Duration::ZERO });
+        let text = render(&Scrape {
+            status: &st,
+            sinks: &[],
+            latest: &[],
+            now_ms: 0,
+            stale_after: Duration::ZERO,
+            log_lines_dropped: 0,
+        });
         assert!(text.starts_with("# HELP vigil_build_info "), "{text}");
         assert!(!text.contains("rtt"), "{text}");
         assert!(text.ends_with('\n'));
@@ -635,6 +660,7 @@ mod tests {
             latest: &[],
             now_ms: 0,
             stale_after: Duration::ZERO,
+            log_lines_dropped: 0,
         });
         for l in text.lines().filter(|l| l.starts_with("# TYPE ")) {
             let name = l.split(' ').nth(2).unwrap();

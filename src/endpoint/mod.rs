@@ -2,25 +2,30 @@
 //! (rendered by [`crate::endpoint::metrics`]), and the crash reports: `/crashes`, `/crashes/{id}` and
 //! `/crashes/{id}/stderr` (read by [`crate::commands::crashes`]).
 //!
-//! It runs on actix-web worker threads and only talks to the Supervisor through
-//! `GetStatus`, so a slow or hostile client can never block supervision.
+//! It runs on actix-web worker threads (more than one, so one slow request cannot hold up
+//! the others) and never sends the Supervisor or a sink a message: it reads what they
+//! publish ([`StatusFeed`], [`SinkHandle::status`]), so no client, however many or however
+//! slow, can delay supervision, and no answer waits on the supervision thread.
 
 pub mod metrics;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::PathBuf;
 
-use actix::Addr;
 use actix_web::{http::header, web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context as _;
 use vigil_actors::config::ListenAddr;
-use vigil_actors::supervisor::{GetLatest, GetStatus, Supervisor};
-use vigil_actors::upload::{GetSinkStatus, Uploader};
+use vigil_actors::supervisor::{StatusFeed, StatusSnapshot};
+use vigil_actors::upload::SinkHandle;
+
+/// Worker threads of the endpoint.
+pub const WORKERS: usize = 2;
 
 struct AppState {
-    supervisor: Addr<Supervisor>,
-    /// The upload sinks, asked for their `/status` `uploads` entries.
-    sinks: Vec<Addr<Uploader>>,
+    /// What the Supervisor publishes.
+    feed: StatusFeed,
+    /// The upload sinks, for their `/status` `uploads` entries.
+    sinks: Vec<SinkHandle>,
     /// Bearer token every request must carry, when configured.
     token: Option<String>,
     /// `/metrics` leaves out series whose latest value is older than this.
@@ -36,11 +41,13 @@ pub fn start(
     token: Option<String>,
     stale_after: std::time::Duration,
     crash_dir: PathBuf,
-    supervisor: Addr<Supervisor>,
-    sinks: Vec<Addr<Uploader>>,
+    feed: StatusFeed,
+    sinks: Vec<SinkHandle>,
 ) -> anyhow::Result<Option<(actix_web::dev::ServerHandle, String)>> {
-    let state = web::Data::new(AppState { supervisor, sinks, token, stale_after, crash_dir });
+    let state = web::Data::new(AppState { feed, sinks, token, stale_after, crash_dir });
     let server = HttpServer::new(move || {
+        // Runs once on each worker thread, as it starts.
+        lower_priority();
         App::new()
             .app_data(state.clone())
             .route("/status", web::get().to(status))
@@ -51,7 +58,7 @@ pub fn start(
             .route("/crashes/{id}/stderr", web::get().to(crash_stderr))
             .default_service(web::to(not_found))
     })
-    .workers(1)
+    .workers(WORKERS)
     .disable_signals()
     .shutdown_timeout(1);
     let (server, addr) = match listen {
@@ -90,6 +97,20 @@ pub fn start(
     Ok(Some((handle, addr)))
 }
 
+/// Niceness of the endpoint's worker threads: under a flood of local clients the CPU goes to
+/// the supervision thread (heartbeats, restarts) first, and to answering clients second.
+pub const WORKER_NICE: i32 = 10;
+
+/// Lowers the calling thread's CPU priority to [`WORKER_NICE`] (on Linux, niceness is per
+/// thread). A failure only costs the preference, so it is logged and ignored.
+fn lower_priority() {
+    // SAFETY: gettid and setpriority take no pointers; `who` is this thread's id.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, WORKER_NICE) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "Cannot lower the status endpoint worker's priority.");
+    }
+}
+
 /// Constant-time comparison of the presented bearer token.
 fn authorized(req: &HttpRequest, state: &AppState) -> bool {
     let Some(want) = &state.token else { return true };
@@ -108,40 +129,39 @@ fn unauthorized() -> HttpResponse {
         .json(serde_json::json!({ "error": "missing or wrong bearer token" }))
 }
 
+/// The Supervisor's last published status (`None` only before its first publication).
+fn snapshot(state: &AppState) -> Option<StatusSnapshot> {
+    state.feed.status()
+}
+
+/// The answer before the Supervisor's first publication.
+fn starting() -> HttpResponse {
+    HttpResponse::ServiceUnavailable().content_type("text/plain").body("supervisor starting\n")
+}
+
 async fn status(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     if !authorized(&req, &state) {
         return unauthorized();
     }
-    match state.supervisor.send(GetStatus).await {
-        Ok(mut snap) => {
-            for sink in &state.sinks {
-                if let Ok(st) = sink.send(GetSinkStatus).await {
-                    snap.uploads.push(serde_json::to_value(st).unwrap_or_default());
-                }
-            }
-            let mut body = serde_json::to_value(snap).unwrap_or_default();
-            body["crash_dir"] = serde_json::Value::from(state.crash_dir.to_string_lossy());
-            HttpResponse::Ok().json(body)
-        }
-        Err(e) => HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({ "error": format!("supervisor unavailable: {e}") })),
+    let Some(mut snap) = snapshot(&state) else { return starting() };
+    for sink in &state.sinks {
+        snap.uploads.push(serde_json::to_value(sink.status()).unwrap_or_default());
     }
+    let mut body = serde_json::to_value(snap).unwrap_or_default();
+    body["crash_dir"] = serde_json::Value::from(state.crash_dir.to_string_lossy());
+    HttpResponse::Ok().json(body)
 }
 
 async fn healthz(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     if !authorized(&req, &state) {
         return unauthorized();
     }
-    match state.supervisor.send(GetStatus).await {
-        Ok(snap) => match snap.health() {
-            Ok(()) => HttpResponse::Ok().content_type("text/plain").body("ok\n"),
-            Err(why) => {
-                HttpResponse::ServiceUnavailable().content_type("text/plain").body(format!("{why}\n"))
-            }
-        },
-        Err(e) => HttpResponse::ServiceUnavailable()
-            .content_type("text/plain")
-            .body(format!("supervisor unavailable: {e}\n")),
+    match snapshot(&state).map(|s| s.health()) {
+        Some(Ok(())) => HttpResponse::Ok().content_type("text/plain").body("ok\n"),
+        Some(Err(why)) => {
+            HttpResponse::ServiceUnavailable().content_type("text/plain").body(format!("{why}\n"))
+        }
+        None => starting(),
     }
 }
 
@@ -149,31 +169,16 @@ async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     if !authorized(&req, &state) {
         return unauthorized();
     }
-    let unavailable = |e: actix::MailboxError| {
-        HttpResponse::ServiceUnavailable()
-            .content_type("text/plain")
-            .body(format!("supervisor unavailable: {e}\n"))
-    };
-    let status = match state.supervisor.send(GetStatus).await {
-        Ok(s) => s,
-        Err(e) => return unavailable(e),
-    };
-    let latest = match state.supervisor.send(GetLatest).await {
-        Ok(l) => l,
-        Err(e) => return unavailable(e),
-    };
-    let mut sinks = Vec::with_capacity(state.sinks.len());
-    for sink in &state.sinks {
-        if let Ok(st) = sink.send(GetSinkStatus).await {
-            sinks.push(st);
-        }
-    }
+    let Some(status) = snapshot(&state) else { return starting() };
+    let latest = state.feed.latest();
+    let sinks: Vec<_> = state.sinks.iter().map(SinkHandle::status).collect();
     let body = metrics::render(&metrics::Scrape {
         status: &status,
         sinks: &sinks,
         latest: &latest,
         now_ms: chrono::Utc::now().timestamp_millis(),
         stale_after: state.stale_after,
+        log_lines_dropped: crate::logging::lines_dropped(),
     });
     HttpResponse::Ok().content_type(metrics::CONTENT_TYPE).body(body)
 }

@@ -31,6 +31,7 @@
 pub mod checkin;
 pub mod child_process;
 pub mod crash_report;
+pub mod disk;
 pub mod heartbeat;
 pub mod module;
 pub mod policy;
@@ -108,10 +109,9 @@ pub struct SupervisorSettings {
     pub tags: BTreeMap<String, String>,
     /// Host names of the upload URLs (the dns collector's default names).
     pub upload_hosts: Vec<String>,
-    /// The upload sinks every sample is published to.
-    pub sinks: Vec<Recipient<crate::upload::Publish>>,
-    /// The same sinks, told to spool what they buffer before the process exits.
-    pub sink_flush: Vec<Recipient<crate::upload::SpoolNow>>,
+    /// The upload sinks every sample is published to (each on its own thread), told to
+    /// spool what they buffer before the process exits.
+    pub sinks: Vec<crate::upload::SinkHandle>,
     /// systemd's notification socket, when started by systemd with `Type=notify`.
     pub notify: Option<std::sync::Arc<crate::supervisor::sd_notify::SdNotify>>,
 }
@@ -129,11 +129,7 @@ pub struct Shutdown {
     pub signal: &'static str,
 }
 
-/// Snapshot for `/status`.
-#[derive(Message)]
-#[rtype(result = "StatusSnapshot")]
-pub struct GetStatus;
-
+/// What `/status` shows of the supervisor.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusSnapshot {
     pub version: String,
@@ -190,10 +186,48 @@ pub struct Latest {
     pub ts_ms: i64,
 }
 
-/// The latest value of every series (for `/metrics` and uploads).
-#[derive(Message)]
-#[rtype(result = "Vec<(SeriesKey, Latest)>")]
-pub struct GetLatest;
+/// The latest value of every series, as `/metrics` reads it.
+pub type LatestValues = Vec<(SeriesKey, Latest)>;
+
+/// How often the Supervisor publishes its status and latest values to its [`StatusFeed`]
+/// (besides at once on every start, exit and stop of the collector).
+pub const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+
+/// At exit, how long the sinks get to spool what they buffer, and the disk thread to write
+/// the crash reports it holds.
+pub const STOP_FLUSH_WITHIN: Duration = Duration::from_secs(5);
+
+/// What the Supervisor publishes for the status endpoint: read without sending the
+/// Supervisor a message, so no client (however many, however slow) can delay supervision,
+/// and no request waits on the supervision thread (CONTRACT §10).
+#[derive(Clone)]
+pub struct StatusFeed {
+    /// `None` only until the Supervisor's first publication (made when it is created).
+    status: tokio::sync::watch::Receiver<Option<(Instant, std::sync::Arc<StatusSnapshot>)>>,
+    latest: tokio::sync::watch::Receiver<std::sync::Arc<LatestValues>>,
+    disk: disk::Disk,
+}
+
+impl StatusFeed {
+    /// The last published status, with its relative times (uptime, last ack, next
+    /// restart) brought forward to now, and the crash reports still waiting for the disk.
+    pub fn status(&self) -> Option<StatusSnapshot> {
+        let (taken, snap) = self.status.borrow().clone()?;
+        let mut snap = (*snap).clone();
+        let age = taken.elapsed().as_millis() as u64;
+        snap.uptime_ms += age;
+        let c = &mut snap.collector;
+        c.heartbeat.last_ack_ms_ago = c.heartbeat.last_ack_ms_ago.map(|ms| ms + age);
+        c.next_restart_in_ms = c.next_restart_in_ms.map(|ms| ms.saturating_sub(age));
+        c.pending_crash_reports = self.disk.pending_reports();
+        Some(snap)
+    }
+
+    /// The latest value of every series, as last published.
+    pub fn latest(&self) -> std::sync::Arc<LatestValues> {
+        self.latest.borrow().clone()
+    }
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CollectorStatus {
@@ -206,6 +240,8 @@ pub struct CollectorStatus {
     pub last_exit: Option<LastExit>,
     /// Every end of the collector that vigil did not ask for, counted by how it ended.
     pub crash_counts: Vec<CrashCount>,
+    /// Crash reports not yet on disk (kept in memory until the disk takes them).
+    pub pending_crash_reports: usize,
     /// Why the last attempt to start the collector failed, while it keeps failing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spawn_error: Option<String>,
@@ -306,14 +342,31 @@ pub struct Supervisor {
     /// The outcome of the last change a check-in brought.
     last_change: Option<Change>,
     checkin: Option<CheckinStatus>,
+    /// The disk thread: crash reports and the module state are written there.
+    disk: disk::Disk,
+    status_tx: tokio::sync::watch::Sender<Option<(Instant, std::sync::Arc<StatusSnapshot>)>>,
+    latest_tx: tokio::sync::watch::Sender<std::sync::Arc<LatestValues>>,
+    /// New values arrived since `latest` was last published.
+    latest_dirty: bool,
 }
 
 impl Supervisor {
-    pub fn new(settings: SupervisorSettings) -> Self {
-        Self {
+    /// A Supervisor and the feed the status endpoint reads. Starts the disk thread (which
+    /// prunes the crash dir first); reads the module state (start-up, before anything is
+    /// supervised).
+    pub fn new(settings: SupervisorSettings) -> std::io::Result<(Self, StatusFeed)> {
+        let disk = disk::Disk::start(settings.crash_dir(), settings.config.crash_reports_keep)?;
+        let (status_tx, status) = tokio::sync::watch::channel(None);
+        let (latest_tx, latest) = tokio::sync::watch::channel(std::sync::Arc::new(Vec::new()));
+        let feed = StatusFeed { status, latest, disk: disk.clone() };
+        let mut this = Self {
             policy: RestartPolicy::new(&settings.config),
             quarantine: Quarantine::new(&settings.config),
-            modules: Modules::load(&settings.data_dir, &settings.version),
+            modules: Modules::load(&settings.data_dir, &settings.version).with_disk(disk.clone()),
+            disk,
+            status_tx,
+            latest_tx,
+            latest_dirty: false,
             last_change: None,
             checkin: None,
             settings,
@@ -332,7 +385,9 @@ impl Supervisor {
             latest: HashMap::new(),
             crash_counts: BTreeMap::new(),
             notified_incarnation: 0,
-        }
+        };
+        this.publish();
+        Ok((this, feed))
     }
 
     /// Tells systemd `state` (`KEY=VALUE` lines), when it is listening.
@@ -357,6 +412,16 @@ impl Supervisor {
 
     fn record(&mut self, ts_ms: i64, name: &str, value: f64, tags: BTreeMap<String, String>) {
         self.latest.insert((name.to_string(), tags), Latest { value, ts_ms });
+        self.latest_dirty = true;
+    }
+
+    /// Publishes the status (and the latest values, when new ones came) to the feed.
+    fn publish(&mut self) {
+        self.status_tx.send_replace(Some((Instant::now(), std::sync::Arc::new(self.snapshot()))));
+        if std::mem::take(&mut self.latest_dirty) {
+            let latest: LatestValues = self.latest.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            self.latest_tx.send_replace(std::sync::Arc::new(latest));
+        }
     }
 
     fn on_collection_end(
@@ -385,7 +450,7 @@ impl Supervisor {
         if !wire.is_empty() {
             let wire = std::sync::Arc::new(wire);
             for sink in &self.settings.sinks {
-                sink.do_send(crate::upload::Publish(wire.clone()));
+                sink.publish(wire.clone());
             }
         }
         let st = self.stats.entry(collector.clone()).or_default();
@@ -577,11 +642,23 @@ impl Supervisor {
         self.state = State::Stopped;
         // The collector's last samples are buffered in the sinks: into the spool with them
         // (sent after the next start), then exit.
-        let flushes: Vec<_> =
-            self.settings.sink_flush.iter().map(|s| s.send(crate::upload::SpoolNow)).collect();
+        // Each waits a bounded time: a sink or a disk that stalls must not keep the process
+        // from exiting (what is lost is said).
+        let sinks = self.settings.sinks.clone();
+        let disk = self.disk.clone();
+        self.publish();
         actix_rt::spawn(async move {
-            for f in flushes {
-                let _ = f.await;
+            for s in &sinks {
+                if !s.spool_now(STOP_FLUSH_WITHIN).await {
+                    tracing::error!(sink = s.name(), within_secs = STOP_FLUSH_WITHIN.as_secs(), "Sink did not spool its buffered samples in time (its disk or thread is stalled); they are lost.");
+                }
+            }
+            let left = disk.flush_reports(STOP_FLUSH_WITHIN).await;
+            if left > 0 {
+                tracing::error!(
+                    reports = left,
+                    "Crash reports still not on disk at exit; they are lost (the log has their summary)."
+                );
             }
             tracing::info!("Supervisor stopped.");
             System::current().stop_with_code(0);
@@ -618,6 +695,7 @@ impl Supervisor {
                         count,
                     })
                     .collect(),
+                pending_crash_reports: self.disk.pending_reports(),
                 spawn_error: self.spawn_error.clone(),
                 module: self.modules.status(),
             },
@@ -635,11 +713,7 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if let Err(e) =
-            crash_report::prune(&self.settings.crash_dir(), self.settings.config.crash_reports_keep)
-        {
-            tracing::warn!(error = %e, "Cannot prune old crash reports.");
-        }
+        ctx.run_interval(PUBLISH_EVERY, |this, _| this.publish());
         // systemd's watchdog is fed from this actor's own timer: if the supervisor's event
         // loop stops turning, the pings stop and systemd restarts the whole service.
         if let Some(period) = self.settings.notify.as_ref().and_then(|n| n.watchdog_period()) {
@@ -663,6 +737,7 @@ impl Handler<ChildMessage> for Supervisor {
                 }
                 tracing::info!(pid, version = %version, incarnation = m.incarnation, "Collector is running.");
                 self.on_hello(&version);
+                self.publish();
             }
             FromCollector::HeartbeatAck { seq } => cur.heartbeat.do_send(Ack { seq, received: m.received }),
             FromCollector::CollectionBegin { collector } => cur.in_flight = Some(collector),
@@ -681,6 +756,8 @@ impl Handler<HeartbeatObserved> for Supervisor {
         if self.is_current(h.incarnation) {
             self.last_ack = Some(h.at);
             self.rtt = Some(h.rtt);
+            // Published before systemd hears READY=1, so /status already shows the ack.
+            self.publish();
             if self.notified_incarnation != h.incarnation {
                 // The first ack proves the whole chain works: spawn, pipes, the child's loop.
                 let ready = if self.notified_incarnation == 0 {
@@ -806,18 +883,10 @@ impl Handler<ChildExited> for Supervisor {
                 stderr_total_bytes: ev.stderr_total,
                 stderr_kept_bytes: ev.stderr_tail.len() as u64,
             };
-            let dir = self.settings.crash_dir();
-            match crash_report::write(&dir, &report, &ev.stderr_tail) {
-                Ok(()) => {
-                    last.crash_report = Some(id.clone());
-                    if let Err(e) = crash_report::prune(&dir, self.settings.config.crash_reports_keep) {
-                        tracing::warn!(error = %e, "Cannot prune old crash reports.");
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "Cannot write the crash report; its stderr tail is lost.")
-                }
-            }
+            // Written on the disk thread: the restart never waits for the disk, and the
+            // report waits in memory (counted as pending) until the disk takes it.
+            self.disk.write_report(report, ev.stderr_tail);
+            last.crash_report = Some(id.clone());
             let report_id = last.crash_report.as_deref().unwrap_or("none");
             if stopping {
                 // Still a report (its stderr may say why it would not stop), but not a crash.
@@ -862,6 +931,7 @@ impl Handler<ChildExited> for Supervisor {
             self.check_rollback();
             self.schedule_restart(ctx, ev.uptime);
         }
+        self.publish();
     }
 }
 
@@ -898,19 +968,17 @@ impl Handler<Shutdown> for Supervisor {
     }
 }
 
-impl Handler<GetLatest> for Supervisor {
-    type Result = MessageResult<GetLatest>;
+/// Fault injection (`VIGIL_SUPERVISOR_FAULT=panic@SECS`): the Supervisor panics in its
+/// handler, as a bug would, to show that the process then ends with status 1.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct InjectPanic;
 
-    fn handle(&mut self, _: GetLatest, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.latest.iter().map(|(k, v)| (k.clone(), *v)).collect())
-    }
-}
+impl Handler<InjectPanic> for Supervisor {
+    type Result = ();
 
-impl Handler<GetStatus> for Supervisor {
-    type Result = MessageResult<GetStatus>;
-
-    fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.snapshot())
+    fn handle(&mut self, _: InjectPanic, _: &mut Context<Self>) {
+        panic!("injected by VIGIL_SUPERVISOR_FAULT");
     }
 }
 
@@ -939,6 +1007,7 @@ mod tests {
                 next_restart_in_ms: Some(100),
                 heartbeat: HeartbeatStatus { last_ack_ms_ago: None, rtt_ms: None },
                 crash_counts: vec![],
+                pending_crash_reports: 0,
                 last_exit: Some(LastExit {
                     at: "t".into(),
                     reason: "signaled".into(),

@@ -379,6 +379,24 @@ pub struct Rollback {
     pub crashes: u32,
 }
 
+/// Writes `state.json` atomically (temporary file, fsync, rename, directory fsync).
+fn save_state(dir: &Path, bytes: &[u8]) {
+    let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
+    let res = (|| {
+        std::fs::create_dir_all(dir)?;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, dir.join(STATE_FILE))?;
+        // The rename itself survives a crash only once the directory is synced.
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if let Err(e) = res {
+        tracing::error!(dir = %dir.display(), error = %e, "Cannot save the module state; it will not survive a restart.");
+    }
+}
+
 /// Which module runs, the probation of a new one, and the status shown for it.
 #[derive(Debug)]
 pub struct Modules {
@@ -391,9 +409,17 @@ pub struct Modules {
     candidate: Option<String>,
     error: Option<String>,
     reported: Option<String>,
+    /// Where `state.json` is written (off the supervision thread); synchronous without one.
+    disk: Option<crate::supervisor::disk::Disk>,
 }
 
 impl Modules {
+    /// Writes the state on `disk`'s thread from now on.
+    pub fn with_disk(mut self, disk: crate::supervisor::disk::Disk) -> Self {
+        self.disk = Some(disk);
+        self
+    }
+
     /// Loads `state.json` (a missing or unreadable one means the built-in collector). An
     /// installed current module whose file no longer has its verified sha256 is not run:
     /// the previous one (or the built-in collector) is used instead.
@@ -415,6 +441,7 @@ impl Modules {
             candidate: None,
             error: None,
             reported: None,
+            disk: None,
         };
         for _ in 0..2 {
             let Some(cur) = m.state.current.clone() else { break };
@@ -433,21 +460,13 @@ impl Modules {
         m
     }
 
+    /// Saves the state (on the disk thread when there is one; in order either way).
     fn save(&self) {
         let dir = modules_dir(&self.data_dir);
-        let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
-        let res = (|| {
-            std::fs::create_dir_all(&dir)?;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(&self.state).unwrap_or_default())?;
-            f.sync_all()?;
-            drop(f);
-            std::fs::rename(&tmp, dir.join(STATE_FILE))?;
-            // The rename itself survives a crash only once the directory is synced.
-            std::fs::File::open(&dir)?.sync_all()
-        })();
-        if let Err(e) = res {
-            tracing::error!(dir = %dir.display(), error = %e, "Cannot save the module state; it will not survive a restart.");
+        let bytes = serde_json::to_vec_pretty(&self.state).unwrap_or_default();
+        match &self.disk {
+            Some(d) => d.run_job(move || save_state(&dir, &bytes)),
+            None => save_state(&dir, &bytes),
         }
     }
 

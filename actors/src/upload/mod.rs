@@ -38,6 +38,12 @@ pub const MAX_BUFFERED: usize = 1_000_000;
 /// The size cap of a batch: a buffer this full is flushed at once, without waiting for the
 /// interval (about 4 MiB of MessagePack; receivers accept messages up to 64 MiB).
 pub const MAX_BATCH_SAMPLES: usize = 50_000;
+/// A sink on its own thread takes at most this many [`Publish`] messages ahead of what it has
+/// handled (one per collection); while its thread is stalled (a frozen disk under its spool),
+/// what does not fit is dropped and counted as `buffer_full`, never queued without bound.
+pub const MAILBOX: usize = 1024;
+/// How often a sink publishes its status for [`SinkHandle::status`] (only when it changed).
+pub const STATUS_EVERY: Duration = Duration::from_millis(200);
 /// Reconnects and retries wait 1 s, doubling to [`BACKOFF_MAX`] ([`crate::backoff`]).
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
@@ -86,7 +92,7 @@ pub struct Uploader {
     spool: Spool,
     buffer: Vec<WireSample>,
     /// Sender to the connection's writer task, while connected.
-    conn: Option<tokio::sync::mpsc::UnboundedSender<Vec<u8>>>,
+    conn: Option<tokio::sync::mpsc::UnboundedSender<(u64, Vec<u8>)>>,
     connecting: bool,
     /// Highest seq sent on the current connection.
     sent_upto: u64,
@@ -114,7 +120,9 @@ pub struct Uploader {
     http_ok: bool,
     /// remote_write: samples of batches the receiver refused with a 4xx (dropped, counted).
     rejected_samples: u64,
-    http: Option<awc::Client>,
+    /// Where [`SinkHandle::status`] reads this sink's status, published every
+    /// [`STATUS_EVERY`] when it changed (and when the sink starts).
+    status_tx: Option<tokio::sync::watch::Sender<SinkStatus>>,
 }
 
 impl Uploader {
@@ -162,7 +170,7 @@ impl Uploader {
             http_busy: false,
             http_ok: false,
             rejected_samples: 0,
-            http: None,
+            status_tx: None,
         })
     }
 
@@ -236,6 +244,7 @@ impl Uploader {
             }
         }
         self.pump(ctx);
+        self.publish_status();
     }
 
     /// Sends pending batches: over the WebSocket up to the window ([`native`]), or one
@@ -323,6 +332,9 @@ impl Actor for Uploader {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.status_tx.is_some() {
+            ctx.run_interval(STATUS_EVERY, |this, _| this.publish_status());
+        }
         let every = crate::config::secs(self.cfg.flush_interval_secs);
         ctx.run_interval(every, |this, ctx| this.flush(ctx));
         if self.cfg.kind == SinkType::Vigil {
@@ -399,6 +411,99 @@ impl Handler<crate::upload::token::TokenChanged> for Uploader {
         self.generation += 1;
         self.conn = None;
         self.connect(ctx);
+    }
+}
+
+impl Uploader {
+    /// Runs the sink on a thread of its own (an Arbiter), so that nothing it waits for (an
+    /// fsync on a frozen or slow disk, a stalled receiver) can hold up the thread that
+    /// supervises the collector. Everything the rest of the process needs of it goes through
+    /// the returned handle, which never waits for the sink.
+    pub fn start_on_own_thread(mut self) -> SinkHandle {
+        let (tx, rx) = tokio::sync::watch::channel(self.status());
+        self.status_tx = Some(tx);
+        let name = self.cfg.name.clone();
+        let arbiter = actix::Arbiter::new();
+        let addr = Uploader::start_in_arbiter(&arbiter.handle(), move |ctx| {
+            ctx.set_mailbox_capacity(MAILBOX);
+            self
+        });
+        SinkHandle { name, addr, status: rx, refused: Default::default() }
+    }
+
+    /// Publishes the status for the handle, when it changed (a no-op for a sink started
+    /// with `start()`, which is asked with [`GetSinkStatus`] instead).
+    pub(super) fn publish_status(&mut self) {
+        if self.status_tx.is_none() {
+            return;
+        }
+        let st = self.status();
+        if let Some(tx) = &self.status_tx {
+            tx.send_if_modified(|old| {
+                let changed = *old != st;
+                if changed {
+                    *old = st;
+                }
+                changed
+            });
+        }
+    }
+}
+
+/// A sink running on its own thread ([`Uploader::start_on_own_thread`]), as the Supervisor,
+/// the check-ins and the status endpoint hold it. Nothing here waits for the sink.
+#[derive(Clone)]
+pub struct SinkHandle {
+    name: String,
+    addr: Addr<Uploader>,
+    status: tokio::sync::watch::Receiver<SinkStatus>,
+    /// Samples the sink's full mailbox refused (its thread was stalled).
+    refused: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Debug for SinkHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkHandle").field("name", &self.name).finish()
+    }
+}
+
+impl SinkHandle {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn addr(&self) -> &Addr<Uploader> {
+        &self.addr
+    }
+
+    /// Hands samples to the sink without waiting: when its mailbox is full (the sink is
+    /// stalled), they are dropped and counted as `buffer_full`.
+    pub fn publish(&self, samples: std::sync::Arc<Vec<WireSample>>) {
+        use actix::dev::SendError;
+        if let Err(SendError::Full(Publish(lost)) | SendError::Closed(Publish(lost))) =
+            self.addr.try_send(Publish(samples))
+        {
+            let before = self.refused.fetch_add(lost.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            if before == 0 {
+                tracing::warn!(sink = %self.name, "Sink is stalled (its mailbox is full); samples are dropped and counted as buffer_full until it catches up.");
+            }
+        }
+    }
+
+    /// The sink's last published status, with the samples its mailbox refused.
+    pub fn status(&self) -> SinkStatus {
+        let mut st = self.status.borrow().clone();
+        let refused = self.refused.load(std::sync::atomic::Ordering::Relaxed);
+        *st.dropped.entry("buffer_full").or_default() += refused;
+        st.dropped_samples += refused;
+        st
+    }
+
+    /// Asks the sink to spool what it buffers (the supervisor is stopping), waiting at most
+    /// `within`: a sink stalled on its disk must not keep the process from exiting. Returns
+    /// whether it finished in time.
+    pub async fn spool_now(&self, within: Duration) -> bool {
+        matches!(tokio::time::timeout(within, self.addr.send(SpoolNow)).await, Ok(Ok(())))
     }
 }
 

@@ -4,7 +4,7 @@
 //! (the receiver de-duplicates by `(agent_id, sink, seq)`). A failed connection backs off
 //! ([`crate::backoff`]); an idle one is pinged every [`PING_EVERY`].
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use awc::ws;
@@ -38,7 +38,7 @@ impl Uploader {
             if rec.seq > acked + WINDOW {
                 break;
             }
-            if tx.send(rec.payload.clone()).is_err() {
+            if tx.send((rec.seq, rec.payload.clone())).is_err() {
                 break;
             }
             self.sent_upto = rec.seq;
@@ -79,8 +79,10 @@ impl Uploader {
                     let (tx, rx) = mpsc::unbounded_channel();
                     this.conn = Some(tx);
                     this.sent_upto = this.spool.acked();
-                    run_connection(framed, rx, ctx.address(), generation);
+                    let ack_timeout = crate::config::secs(this.cfg.ack_timeout_secs);
+                    run_connection(framed, rx, ctx.address(), generation, ack_timeout);
                     this.pump(ctx);
+                    this.publish_status();
                 }
                 Err(e) => this.disconnected(ctx, e),
             }
@@ -103,53 +105,131 @@ impl Uploader {
 }
 
 /// Drives one WebSocket connection: writes queued batches (and pings when idle), reads
-/// acks. Ends with `Closed` on any error or close.
+/// acks. Ends with `Closed` on any error or close, and when the receiver stops answering:
+/// a batch not acknowledged within `ack_timeout`, a ping without a pong within it, or a
+/// send that cannot be written within it (a stopped receiver closes nothing; its TCP window
+/// just fills).
 fn run_connection<F>(
     framed: F,
-    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut rx: mpsc::UnboundedReceiver<(u64, Vec<u8>)>,
     addr: Addr<Uploader>,
     generation: u64,
+    ack_timeout: Duration,
 ) where
     F: futures_util::Sink<ws::Message, Error = awc::error::WsProtocolError>
         + futures_util::Stream<Item = Result<ws::Frame, awc::error::WsProtocolError>>
         + 'static,
 {
     let (mut sink, mut stream) = framed.split();
+    let ping_every = PING_EVERY.min(ack_timeout);
     actix_rt::spawn(async move {
+        let mut deadlines = Deadlines::default();
+        let mut last_activity = Instant::now();
         let why = loop {
+            let now = Instant::now();
+            // A ping is due after `ping_every` without traffic, unless one is already out.
+            let ping_due = deadlines.ping.is_none().then(|| last_activity + ping_every);
+            let wake = [deadlines.next(ack_timeout), ping_due]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(now + ping_every);
             tokio::select! {
                 out = rx.recv() => match out {
-                    Some(bytes) => {
-                        if let Err(e) = sink.send(ws::Message::Binary(bytes.into())).await {
-                            break format!("send: {e}");
+                    Some((seq, bytes)) => {
+                        let sent = tokio::time::timeout(ack_timeout, sink.send(ws::Message::Binary(bytes.into()))).await;
+                        match sent {
+                            Ok(Ok(())) => deadlines.sent(seq, Instant::now()),
+                            Ok(Err(e)) => break format!("send: {e}"),
+                            Err(_) => break format!("cannot send batch {seq} within ack_timeout_secs ({} s): the receiver does not read", ack_timeout.as_secs_f64()),
                         }
+                        last_activity = Instant::now();
                     }
                     None => break "closed by the uploader".to_string(),
                 },
-                frame = stream.next() => match frame {
-                    Some(Ok(ws::Frame::Binary(b))) => match protocol::decode::<ServerMsg>(&b) {
-                        Ok(ServerMsg::Ack { seq }) => addr.do_send(Conn { generation, ev: ConnEvent::Acked(seq) }),
-                        Err(e) => tracing::warn!(error = %e, "Ignoring an undecodable message from the receiver."),
-                    },
-                    Some(Ok(ws::Frame::Ping(p))) => {
-                        if sink.send(ws::Message::Pong(p)).await.is_err() {
-                            break "send pong failed".to_string();
+                frame = stream.next() => {
+                    last_activity = Instant::now();
+                    match frame {
+                        Some(Ok(ws::Frame::Binary(b))) => match protocol::decode::<ServerMsg>(&b) {
+                            Ok(ServerMsg::Ack { seq }) => {
+                                deadlines.acked(seq);
+                                addr.do_send(Conn { generation, ev: ConnEvent::Acked(seq) })
+                            }
+                            Err(e) => tracing::warn!(error = %e, "Ignoring an undecodable message from the receiver."),
+                        },
+                        Some(Ok(ws::Frame::Ping(p))) => {
+                            match tokio::time::timeout(ack_timeout, sink.send(ws::Message::Pong(p))).await {
+                                Ok(Ok(())) => {}
+                                _ => break "send pong failed".to_string(),
+                            }
                         }
+                        Some(Ok(ws::Frame::Pong(_))) => deadlines.ping = None,
+                        Some(Ok(ws::Frame::Close(reason))) => break format!("closed by the receiver: {reason:?}"),
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => break format!("receive: {e}"),
+                        None => break "connection closed".to_string(),
                     }
-                    Some(Ok(ws::Frame::Close(reason))) => break format!("closed by the receiver: {reason:?}"),
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => break format!("receive: {e}"),
-                    None => break "connection closed".to_string(),
                 },
-                _ = tokio::time::sleep(PING_EVERY) => {
-                    if let Err(e) = sink.send(ws::Message::Ping(Vec::new().into())).await {
-                        break format!("ping: {e}");
+                _ = tokio::time::sleep_until(wake.max(now).into()) => {
+                    let now = Instant::now();
+                    if let Some(why) = deadlines.expired(now, ack_timeout) {
+                        break why;
+                    }
+                    if now >= last_activity + ping_every && deadlines.ping.is_none() {
+                        match tokio::time::timeout(ack_timeout, sink.send(ws::Message::Ping(Vec::new().into()))).await {
+                            Ok(Ok(())) => deadlines.ping = Some(Instant::now()),
+                            Ok(Err(e)) => break format!("ping: {e}"),
+                            Err(_) => break format!("cannot send a ping within ack_timeout_secs ({} s)", ack_timeout.as_secs_f64()),
+                        }
+                        last_activity = Instant::now();
                     }
                 }
             }
         };
         addr.do_send(Conn { generation, ev: ConnEvent::Closed(why) });
     });
+}
+
+/// What a connection waits for from the receiver, and since when: the batches sent and not
+/// yet acknowledged (in seq order), and the ping not yet answered.
+#[derive(Debug, Default)]
+struct Deadlines {
+    unacked: std::collections::VecDeque<(u64, Instant)>,
+    ping: Option<Instant>,
+}
+
+impl Deadlines {
+    fn sent(&mut self, seq: u64, at: Instant) {
+        self.unacked.push_back((seq, at));
+    }
+
+    /// An ack covers its seq and everything before it.
+    fn acked(&mut self, seq: u64) {
+        while self.unacked.front().is_some_and(|&(s, _)| s <= seq) {
+            self.unacked.pop_front();
+        }
+    }
+
+    /// When the oldest wait runs out.
+    fn next(&self, timeout: Duration) -> Option<Instant> {
+        let batch = self.unacked.front().map(|&(_, at)| at + timeout);
+        let ping = self.ping.map(|at| at + timeout);
+        batch.into_iter().chain(ping).min()
+    }
+
+    /// Why the connection is dead at `now`, if it is.
+    fn expired(&self, now: Instant, timeout: Duration) -> Option<String> {
+        let secs = timeout.as_secs_f64();
+        if let Some(&(seq, _)) = self.unacked.front().filter(|&&(_, at)| now >= at + timeout) {
+            return Some(format!("batch {seq} not acknowledged within ack_timeout_secs ({secs} s): the receiver stopped answering"));
+        }
+        if self.ping.is_some_and(|at| now >= at + timeout) {
+            return Some(format!(
+                "no pong within ack_timeout_secs ({secs} s): the receiver stopped answering"
+            ));
+        }
+        None
+    }
 }
 
 impl Handler<Conn> for Uploader {
@@ -175,5 +255,41 @@ impl Handler<Conn> for Uploader {
                 }
             }
         }
+        // What changed is visible in /status at once, not at the next STATUS_EVERY tick.
+        self.publish_status();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_unacknowledged_batch_sets_the_deadline() {
+        let t0 = Instant::now();
+        let timeout = Duration::from_secs(2);
+        let mut d = Deadlines::default();
+        assert_eq!(d.next(timeout), None);
+        d.sent(1, t0);
+        d.sent(2, t0 + Duration::from_secs(1));
+        assert_eq!(d.next(timeout), Some(t0 + timeout));
+        assert_eq!(d.expired(t0 + Duration::from_millis(1999), timeout), None);
+        let why = d.expired(t0 + timeout, timeout).unwrap();
+        assert!(why.contains("batch 1 not acknowledged"), "{why}");
+        // An ack of 1 moves the deadline to batch 2's; an ack of 2 clears it.
+        d.acked(1);
+        assert_eq!(d.next(timeout), Some(t0 + Duration::from_secs(3)));
+        assert_eq!(d.expired(t0 + timeout, timeout), None);
+        d.acked(5);
+        assert_eq!(d.next(timeout), None);
+    }
+
+    #[test]
+    fn an_unanswered_ping_expires() {
+        let t0 = Instant::now();
+        let timeout = Duration::from_secs(2);
+        let d = Deadlines { ping: Some(t0), ..Default::default() };
+        assert_eq!(d.next(timeout), Some(t0 + timeout));
+        assert!(d.expired(t0 + timeout, timeout).unwrap().contains("no pong"));
     }
 }

@@ -100,6 +100,14 @@ pub fn outcome(status: u16) -> Outcome {
     }
 }
 
+thread_local! {
+    /// The HTTP client of each remote_write sink, by sink name, made at its first request. An
+    /// awc client belongs to the thread that made it, and every sink runs on a thread of its
+    /// own ([`crate::upload::SinkHandle`]), so it lives here rather than in the (sendable)
+    /// Uploader.
+    static CLIENTS: std::cell::RefCell<std::collections::HashMap<String, awc::Client>> = Default::default();
+}
+
 impl Uploader {
     /// remote_write: POSTs the oldest unacknowledged batch, one request at a time, so
     /// batches arrive in order. 2xx removes it from the spool; 429/5xx/network errors retry
@@ -119,11 +127,13 @@ impl Uploader {
             }
         };
         let body = encode_body(&to_write_request(&batch));
-        let client = match &self.http {
-            Some(c) => c.clone(),
+        let client = match CLIENTS.with_borrow(|c| c.get(&self.cfg.name).cloned()) {
+            Some(c) => c,
             None => match self.tls() {
                 Ok(tls) => {
-                    self.http.insert(crate::resolver::http_client(Duration::from_secs(30), tls)).clone()
+                    let c = crate::resolver::http_client(Duration::from_secs(30), tls);
+                    CLIENTS.with_borrow_mut(|m| m.insert(self.cfg.name.clone(), c.clone()));
+                    c
                 }
                 Err(e) => return self.retry_http(ctx, e),
             },
@@ -185,6 +195,7 @@ impl Uploader {
             return;
         }
         self.pump_http(ctx);
+        self.publish_status();
     }
 
     fn retry_http(&mut self, ctx: &mut Context<Self>, why: String) {

@@ -1,0 +1,321 @@
+//! CONTRACT §10 with real faults: the data dir on a loop-mounted ext4 frozen with `fsfreeze`,
+//! a `vigil receive` stopped with SIGSTOP, local clients flooding the status endpoint, and a
+//! panic inside the Supervisor actor. The supervisor must stay responsive and truthful
+//! through each, and lose nothing.
+//!
+//! These tests run as root (they mount); the test command installs e2fsprogs and util-linux.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::*;
+use crate::upload::{config as upload_config, wait_lines, Receiver};
+
+const T: Duration = Duration::from_secs(30);
+
+fn run(cmd: &str, args: &[&str]) {
+    let out =
+        Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e} (is it installed?)"));
+    assert!(out.status.success(), "{cmd} {args:?}: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+}
+
+/// A small ext4 file system on a loop device, mounted on a temp dir; unmounted on drop
+/// (lazily, so a failed test never leaves it behind).
+struct Ext4 {
+    mnt: tempfile::TempDir,
+    _img: tempfile::TempDir,
+}
+
+impl Ext4 {
+    fn mount() -> Ext4 {
+        let img_dir = tempfile::tempdir().unwrap();
+        let img = img_dir.path().join("fs.img");
+        std::fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
+        run("mkfs.ext4", &["-q", "-F", img.to_str().unwrap()]);
+        let mnt = tempfile::tempdir().unwrap();
+        run("mount", &["-o", "loop", img.to_str().unwrap(), mnt.path().to_str().unwrap()]);
+        Ext4 { mnt, _img: img_dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.mnt.path()
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        let p = self.mnt.path().to_str().unwrap().to_string();
+        // Thawed first: nothing can be unmounted (or killed) while it is frozen.
+        let _ = Command::new("fsfreeze").args(["-u", &p]).output();
+        let ok = Command::new("umount").arg(&p).status().is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").args(["-l", &p]).status();
+        }
+    }
+}
+
+/// Freezes a file system; thaws it when dropped. Declared after the processes that use the
+/// file system, so that it drops (thaws) first: a process blocked on a frozen file system
+/// cannot be killed until it thaws.
+struct Frozen(PathBuf);
+
+impl Frozen {
+    fn freeze(path: &Path) -> Frozen {
+        run("fsfreeze", &["-f", path.to_str().unwrap()]);
+        Frozen(path.to_path_buf())
+    }
+
+    fn thaw(self) {}
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = Command::new("fsfreeze").args(["-u", self.0.to_str().unwrap()]).output();
+    }
+}
+
+/// Requests `/healthz` every 50 ms from another thread until stopped; the slowest answer.
+struct HealthProbe {
+    stop: Arc<AtomicBool>,
+    worst: Arc<Mutex<(Duration, usize)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HealthProbe {
+    fn start(addr: &str) -> HealthProbe {
+        let stop = Arc::new(AtomicBool::new(false));
+        let worst = Arc::new(Mutex::new((Duration::ZERO, 0)));
+        let (s, w, addr) = (stop.clone(), worst.clone(), addr.to_string());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                let (code, _) = http_get(&addr, "/healthz", None);
+                let took = t0.elapsed();
+                assert!(code == 200 || code == 503, "/healthz answered {code}");
+                let mut g = w.lock().unwrap();
+                g.0 = g.0.max(took);
+                g.1 += 1;
+                drop(g);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        HealthProbe { stop, worst, thread: Some(thread) }
+    }
+
+    /// Stops it; the slowest answer and the number of answers.
+    fn finish(mut self) -> (Duration, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().expect("the probe failed");
+        *self.worst.lock().unwrap()
+    }
+}
+
+impl Drop for HealthProbe {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Waits for incarnation `n`'s first heartbeat ack (the status shows none before it).
+fn wait_acked(agent: &Agent, n: u64) {
+    agent.wait_status(Duration::from_secs(5), "the first heartbeat ack", |s| {
+        s["collector"]["incarnation"].as_u64() >= Some(n)
+            && !s["collector"]["heartbeat"]["last_ack_ms_ago"].is_null()
+    });
+}
+
+fn no_unresponsive(s: &Value) -> bool {
+    s["collector"]["crash_counts"].as_array().unwrap().iter().all(|c| c["reason"] != "unresponsive")
+}
+
+/// Every seq from 1 to `upto` arrived, in order, once.
+fn assert_no_gap(r: &Receiver, upto: u64) {
+    let seqs: Vec<u64> = r.lines().iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    let want: Vec<u64> = (1..=upto).collect();
+    assert_eq!(seqs[..(upto as usize).min(seqs.len())], want[..], "every seq once, in order, no gap");
+}
+
+/// The data dir and the log on an ext4 that is frozen for 8 s while the collector is
+/// SIGKILLed: the restart keeps its schedule, `/healthz` answers within 1 s throughout, no
+/// healthy collector is killed as unresponsive, the crash report waits in memory (and is
+/// counted) until the thaw, and the sink loses no batch.
+#[test]
+fn a_frozen_data_dir_stalls_neither_supervision_nor_the_status_endpoint() {
+    let fs = Ext4::mount();
+    let dir = tempfile::tempdir().unwrap();
+    let r = Receiver::start("127.0.0.1:0", &dir.path().join("out.jsonl"), &dir.path().join("recv.log"));
+    let cfg = upload_config(&format!("ws://{}/v1/ingest", r.addr));
+    let agent = Agent::start_at(dir, &fs.path().join("data"), &fs.path().join("vigil.log"), &cfg, &[]);
+    let s = agent.wait_running(1, T);
+    let pid = s["collector"]["pid"].as_i64().unwrap() as i32;
+    wait_lines(&r, 3);
+
+    let frozen = Frozen::freeze(fs.path());
+    let t_freeze = Instant::now();
+    let probe = HealthProbe::start(&agent.addr);
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling the collector child of our child.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let t_kill = Instant::now();
+    let s = agent.wait_status(Duration::from_secs(5), "a new collector while the disk is frozen", |s| {
+        s["collector"]["state"] == "running" && s["collector"]["incarnation"].as_u64() >= Some(2)
+    });
+    wait_acked(&agent, 2);
+    let restarted_in = t_kill.elapsed();
+    assert!(restarted_in < Duration::from_secs(3), "restart took {restarted_in:?} (delay 100 ms)");
+    let exit = &s["collector"]["last_exit"];
+    assert_eq!(exit["signal_name"], "SIGKILL", "{s:#}");
+    let id = exit["crash_report"].as_str().expect("the report has its ID at once").to_string();
+    assert_eq!(s["collector"]["pending_crash_reports"], 1, "held in memory: {s:#}");
+    let crash_json = agent.crash_dir().join(format!("{id}.json"));
+    assert!(!crash_json.exists(), "written on a frozen file system?");
+    // Frozen for 8 s in all; heartbeats go on meanwhile.
+    while t_freeze.elapsed() < Duration::from_secs(8) {
+        let s = agent.status();
+        assert!(no_unresponsive(&s), "a healthy collector was killed as unresponsive: {s:#}");
+        assert_eq!(s["collector"]["incarnation"], 2, "{s:#}");
+        let age = s["collector"]["heartbeat"]["last_ack_ms_ago"].as_u64();
+        assert!(age.is_some_and(|a| a < 1500), "heartbeats stalled: {s:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (worst, answers) = probe.finish();
+    assert!(worst < Duration::from_secs(1), "/healthz took {worst:?} with the data dir frozen");
+    assert!(answers >= 50, "only {answers} /healthz answers in 7.5 s");
+    let last_seq_frozen = agent.status()["uploads"][0]["last_seq"].as_u64().unwrap();
+
+    frozen.thaw();
+    let s = agent.wait_status(T, "the report on disk after the thaw", |s| {
+        s["collector"]["pending_crash_reports"] == 0
+    });
+    assert!(crash_json.exists(), "{s:#}");
+    let stderr = agent.crash_dir().join(format!("{id}.stderr"));
+    assert!(stderr.exists());
+    let s = agent.wait_status(T, "the spool drained after the thaw", |s| {
+        let u = &s["uploads"][0];
+        u["connected"] == true && u["spooled_batches"] == 0 && u["acked_seq"].as_u64() > Some(last_seq_frozen)
+    });
+    let u = &s["uploads"][0];
+    assert_eq!(u["dropped"]["buffer_full"], 0, "{s:#}");
+    assert_no_gap(&r, u["acked_seq"].as_u64().unwrap());
+    assert!(no_unresponsive(&s), "{s:#}");
+    let (code, metrics) = agent.get("/metrics");
+    assert_eq!(code, 200);
+    let dropped_lines = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("vigil_log_lines_dropped_total "))
+        .expect("vigil_log_lines_dropped_total in /metrics")
+        .trim()
+        .parse::<f64>()
+        .unwrap();
+    if dropped_lines > 0.0 {
+        let until = Instant::now() + T;
+        while agent.log_lines("Log lines were dropped").is_empty() {
+            assert!(Instant::now() < until, "{dropped_lines} dropped lines never reported");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    drop(agent);
+}
+
+/// A receiver stopped with SIGSTOP keeps its TCP connection open and never closes it: the
+/// sink must find out from the missing acks (within `ack_timeout_secs`), show it, and after
+/// SIGCONT deliver everything.
+#[test]
+fn a_stopped_receiver_is_noticed_within_the_ack_timeout_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Receiver::start("127.0.0.1:0", &dir.path().join("out.jsonl"), &dir.path().join("recv.log"));
+    let cfg = format!("{}ack_timeout_secs = 2\n", upload_config(&format!("ws://{}/v1/ingest", r.addr)));
+    let agent = Agent::start(&cfg, &[]);
+    agent.wait_status(T, "connected", |s| s["uploads"][0]["connected"] == true);
+    wait_lines(&r, 3);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(r.pid(), libc::SIGSTOP) };
+    let t_stop = Instant::now();
+    let s = agent.wait_status(Duration::from_secs(10), "the dead connection noticed", |s| {
+        s["uploads"][0]["connected"] == false
+    });
+    let noticed = t_stop.elapsed();
+    // The ack timeout, plus one flush interval for the next batch to be sent.
+    assert!(noticed < Duration::from_millis(2000 + 300 + 1500), "noticed after {noticed:?}");
+    let why = s["uploads"][0]["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("ack_timeout_secs"), "last_error: {why}");
+    std::thread::sleep(Duration::from_secs(2));
+    let last_stopped = agent.status()["uploads"][0]["last_seq"].as_u64().unwrap();
+    unsafe { libc::kill(r.pid(), libc::SIGCONT) };
+    let s = agent.wait_status(T, "everything delivered after SIGCONT", |s| {
+        let u = &s["uploads"][0];
+        u["connected"] == true && u["acked_seq"].as_u64() >= Some(last_stopped)
+    });
+    assert_no_gap(&r, s["uploads"][0]["acked_seq"].as_u64().unwrap());
+}
+
+/// 8 local clients hammering `/metrics` and `/status` while the collector crashes three
+/// times: the restarts keep their schedule, heartbeats go on, `/healthz` answers in time.
+#[test]
+fn a_status_flood_during_crashes_delays_neither_restarts_nor_heartbeats() {
+    let cfg = format!("{}\n[collectors]\ninterval_secs = 0.2\n", fast_config(""));
+    let t0 = Instant::now();
+    let agent = Agent::start(&cfg, &[("VIGIL_FAULT", "segv@1x3")]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            let (stop, addr) = (stop.clone(), agent.addr.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let (code, _) = http_get(&addr, if i % 2 == 0 { "/metrics" } else { "/status" }, None);
+                    assert_eq!(code, 200);
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let probe = HealthProbe::start(&agent.addr);
+    // Three crashes 1 s after each start, restart delays 100, 200 and 400 ms.
+    let s = agent.wait_running(4, Duration::from_secs(15));
+    let took = t0.elapsed();
+    wait_acked(&agent, 4);
+    assert!(took < Duration::from_secs(9), "four incarnations took {took:?} (about 4 s due)");
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let s = agent.status();
+        let age = s["collector"]["heartbeat"]["last_ack_ms_ago"].as_u64();
+        assert!(age.is_some_and(|a| a < 1500), "heartbeats stalled under the flood: {s:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let requests: u64 = clients.into_iter().map(|c| c.join().expect("a client failed")).sum();
+    let (worst, _) = probe.finish();
+    assert!(requests > 100, "only {requests} flood requests");
+    assert!(worst < Duration::from_secs(1), "/healthz took {worst:?} under the flood");
+    assert!(no_unresponsive(&s), "{s:#}");
+    assert_eq!(s["collector"]["restarts"], 3, "{s:#}");
+}
+
+/// A panic inside the Supervisor actor ends `vigil run` with status 1 and the reason in its
+/// log (so systemd restarts it), and takes the collector with it.
+#[test]
+fn a_panic_in_the_supervisor_ends_the_process_with_status_1() {
+    let mut agent = Agent::start(&fast_config(""), &[("VIGIL_SUPERVISOR_FAULT", "panic@1")]);
+    let s = agent.wait_running(1, T);
+    let collector = s["collector"]["pid"].as_i64().unwrap() as i32;
+    let st = agent.wait_exit(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(1), "{st}");
+    let lines = agent.log_lines("The supervisor panicked");
+    assert!(
+        lines.iter().any(|l| l.contains("injected by VIGIL_SUPERVISOR_FAULT")),
+        "log:\n{}",
+        agent.log_tail()
+    );
+    let until = Instant::now() + Duration::from_secs(3);
+    while alive(collector) {
+        assert!(Instant::now() < until, "the collector outlived its supervisor");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
