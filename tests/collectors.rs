@@ -91,6 +91,7 @@ fn a_crash_names_the_collector_in_flight_and_repeat_crashes_quarantine_it() {
     assert_eq!(e["signal_name"], "SIGSEGV");
     assert_eq!(e["collector_in_flight"], "load", "{e:#}");
     let id = e["crash_report"].as_str().unwrap();
+    agent.wait_reports_on_disk();
     let report: Value =
         serde_json::from_slice(&std::fs::read(agent.crash_dir().join(format!("{id}.json"))).unwrap())
             .unwrap();

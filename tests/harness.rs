@@ -204,6 +204,14 @@ impl Agent {
         }
     }
 
+    /// Waits until every crash report is on disk: they are written on the supervisor's disk
+    /// thread, a moment after `/status` names them (`collector.pending_crash_reports`).
+    pub fn wait_reports_on_disk(&self) {
+        self.wait_status(Duration::from_secs(15), "crash reports on disk", |s| {
+            s["collector"]["pending_crash_reports"] == 0
+        });
+    }
+
     /// Lines of the log containing `needle`.
     pub fn log_lines(&self, needle: &str) -> Vec<String> {
         self.log_text().lines().filter(|l| l.contains(needle)).map(String::from).collect()

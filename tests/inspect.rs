@@ -46,6 +46,7 @@ fn a_segv_is_shown_by_status_crashes_and_the_endpoints() {
     let agent = Agent::start(&fast_config(""), &[("VIGIL_FAULT", "stderr-flood:200000@0.3x1")]);
     let s = agent.wait_running(2, T);
     let id = s["collector"]["last_exit"]["crash_report"].as_str().expect("a crash report").to_string();
+    agent.wait_reports_on_disk();
     let stderr_file = std::fs::read(agent.crash_dir().join(format!("{id}.stderr"))).unwrap();
     assert!(stderr_file.len() > 100_000);
     let cfg = agent.dir.path().join("vigil.toml");

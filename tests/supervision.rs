@@ -19,6 +19,7 @@ fn crash_once(fault: &str) -> (Value, Agent) {
 /// The crash report named by `last_exit`, checked against it.
 fn report(agent: &Agent, last_exit: &Value) -> (Value, Vec<u8>) {
     let id = last_exit["crash_report"].as_str().unwrap_or_else(|| panic!("no crash report in {last_exit:#}"));
+    agent.wait_reports_on_disk();
     let json = std::fs::read(agent.crash_dir().join(format!("{id}.json"))).expect("ID.json");
     let json: Value = serde_json::from_slice(&json).unwrap();
     let stderr = std::fs::read(agent.crash_dir().join(format!("{id}.stderr"))).expect("ID.stderr");
@@ -265,6 +266,7 @@ fn thirty_crash_cycles_leak_no_fds_and_leave_no_zombies() {
     std::thread::sleep(Duration::from_secs(1));
     let lasting: Vec<i32> = zombie_children(agent.pid()).into_iter().filter(|p| first.contains(p)).collect();
     assert!(lasting.is_empty(), "zombies: {lasting:?}");
+    agent.wait_reports_on_disk();
     assert!(crash_files(&agent.crash_dir()).len() >= 60, "a report (json + stderr) per crash");
 }
 
@@ -276,6 +278,7 @@ fn crash_reports_are_pruned_to_the_configured_count() {
     // a report being written.
     let agent = Agent::start(&cfg, &[("VIGIL_FAULT", "exit:2@0.02x7")]);
     agent.wait_running(8, T);
+    agent.wait_reports_on_disk();
     let files = crash_files(&agent.crash_dir());
     assert_eq!(files.len(), 6, "3 reports kept: {files:?}");
 }
