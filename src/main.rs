@@ -56,6 +56,10 @@ enum Command {
     Keygen(commands::keys::KeygenArgs),
     /// Sign a collector module: prints its manifest {version, url, sha256, signature}.
     SignModule(commands::keys::SignArgs),
+    /// Internal: symbolize a raw crash capture (stdin) into the stack of a crash report
+    /// (JSON on stdout); run by the supervisor as a short-lived child.
+    #[command(hide = true)]
+    Symbolize,
     /// Validate the configuration; print every error with file, line and column.
     CheckConfig {
         /// Config file (default: $VIGIL_CONFIG, else /etc/vigil/vigil.toml if it exists).
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
         Command::Crashes(args) => commands::crashes::main(args),
         Command::Receive(args) => commands::receive::main(args),
         Command::CheckConfig { config } => commands::check_config::main(config),
+        Command::Symbolize => commands::symbolize::main(),
         Command::Keygen(args) => commands::keys::keygen(args),
         Command::SignModule(args) => commands::keys::sign_module(args),
     }

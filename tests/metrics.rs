@@ -79,6 +79,16 @@ fn metrics_pass_promtool_with_samples_and_the_agents_own_figures() {
     agent.wait_running(2, T);
     wait_metrics(&agent, "vigil_load_1");
     let body = wait_metrics(&agent, "vigil_collector_heartbeat_rtt_seconds");
+    // The crash is counted under its stack's signature once the stack is symbolized.
+    let t0 = Instant::now();
+    while !agent
+        .get("/metrics")
+        .1
+        .contains("vigil_collector_crashes_total{reason=\"signaled\",signal=\"SIGSEGV\",signature=\"")
+    {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the crash never got its signature");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let r = http_request(&agent.addr, "GET", "/metrics", None);
     assert_eq!(r.code, 200);
     assert_eq!(r.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
@@ -97,7 +107,16 @@ fn metrics_pass_promtool_with_samples_and_the_agents_own_figures() {
     assert_eq!(value(&s, "vigil_collector_state{state=\"running\"}"), 1.0);
     assert_eq!(value(&s, "vigil_collector_state{state=\"backoff\"}"), 0.0);
     assert!(value(&s, "vigil_collector_restarts_total") >= 1.0);
-    assert_eq!(value(&s, "vigil_collector_crashes_total{reason=\"signaled\",signal=\"SIGSEGV\"}"), 1.0);
+    // One SIGSEGV, counted under its stack's signature (CONTRACT §6).
+    let segv: Vec<_> = s
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("vigil_collector_crashes_total{reason=\"signaled\",signal=\"SIGSEGV\"")
+        })
+        .collect();
+    assert_eq!(segv.len(), 1, "{segv:?}");
+    assert_eq!(*segv[0].1, 1.0);
+    assert!(segv[0].0.contains(",signature=\""), "{segv:?}");
     let rtt = value(&s, "vigil_collector_heartbeat_rtt_seconds");
     assert!(rtt > 0.0 && rtt < 2.0, "seconds, not ms: {rtt}");
     let took = value(&s, "vigil_collector_last_duration_seconds{collector=\"load\"}");

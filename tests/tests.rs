@@ -6,6 +6,7 @@ mod checkin;
 mod cli;
 mod collectors;
 mod faults;
+mod forensics;
 mod inspect;
 mod metrics;
 mod ops;

@@ -163,6 +163,33 @@ impl LogLevel {
     }
 }
 
+/// `supervisor.stack_capture`: how the stack of a crashed collector is taken (CONTRACT §6).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StackCapture {
+    /// The best this build and host allow (today: `in_process`).
+    #[default]
+    Auto,
+    /// From outside, by the supervisor tracing the dying child (not in this build yet:
+    /// refused by validation).
+    Ptrace,
+    /// By the collector's own signal handler, on an alternate stack.
+    InProcess,
+    /// No stack; reports say so in `stack_error`.
+    Off,
+}
+
+impl StackCapture {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StackCapture::Auto => "auto",
+            StackCapture::Ptrace => "ptrace",
+            StackCapture::InProcess => "in_process",
+            StackCapture::Off => "off",
+        }
+    }
+}
+
 /// `[supervisor]`: heartbeats, the restart policy and crash reports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -183,6 +210,8 @@ pub struct SupervisorConfig {
     pub crash_loop_window_secs: f64,
     /// On shutdown: seconds between closing the collector's stdin and SIGKILL.
     pub stop_grace_secs: f64,
+    /// How crash stacks are taken: `auto`, `ptrace`, `in_process` or `off`.
+    pub stack_capture: StackCapture,
     /// Bytes of the collector's stderr kept for each crash report.
     pub stderr_tail_bytes: u64,
     /// Crash reports kept in DATA_DIR/crashes (oldest removed first).
@@ -204,6 +233,7 @@ impl Default for SupervisorConfig {
             crash_loop_crashes: 5,
             crash_loop_window_secs: 120.0,
             stop_grace_secs: 10.0,
+            stack_capture: StackCapture::Auto,
             stderr_tail_bytes: 1_048_576,
             crash_reports_keep: 100,
             quarantine_after_crashes: 2,
@@ -338,6 +368,12 @@ impl Config {
         }
         if s.quarantine_after_crashes == 0 {
             bad("supervisor.quarantine_after_crashes", "must be at least 1".into());
+        }
+        if s.stack_capture == StackCapture::Ptrace {
+            bad(
+                "supervisor.stack_capture",
+                "`ptrace` is not available in this build yet; use `auto` (in-process capture) or `in_process`".into(),
+            );
         }
         if s.stderr_tail_bytes > 256 * 1024 * 1024 {
             bad("supervisor.stderr_tail_bytes", "must be at most 268435456 (256 MiB)".into());

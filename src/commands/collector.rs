@@ -18,6 +18,13 @@ pub fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     crate::logging::init_collector();
+    // The collector's main thread has a name of its own (started through /proc/self/exe it
+    // would be "exe"): crash reports and `top` say which process is which.
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"vigil-collector".as_ptr() as libc::c_ulong, 0, 0, 0) };
+    // Before any collector runs: a fatal signal from here on leaves its stack in the crash
+    // pipe the supervisor handed down (CONTRACT §6).
+    vigil_actors::collector::crash_capture::install();
     let incarnation: u64 = std::env::var("VIGIL_INCARNATION").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     let fault = match Fault::from_env() {
         Ok(f) => f.filter(|f| f.applies_to(incarnation)),

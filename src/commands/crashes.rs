@@ -187,7 +187,37 @@ fn render_header(shown: &Shown, dir: &Path) -> String {
         );
     }
     field("files", format!("{0}/{1}.json, {0}/{1}.stderr", dir.display(), e.id));
+    if let Some(r) = e.typed() {
+        s.push_str(&render_stack(&r.forensics));
+    }
     s.push_str(&format!("--- stderr ({} bytes, byte-exact) ---\n", shown.stderr.len()));
+    s
+}
+
+/// Where it died: `#N function (file:line) module`, `#0` innermost, `??` for what the
+/// debug info does not say (CONTRACT §6); or why there is no stack.
+fn render_stack(f: &vigil_actors::supervisor::crash_report::Forensics) -> String {
+    let mut s = String::new();
+    if let Some(err) = &f.stack_error {
+        s.push_str(&format!("{:<20} {err}\n", "stack"));
+    }
+    let Some(stack) = &f.stack else { return s };
+    let thread = f.thread.as_deref().unwrap_or("??");
+    let how = f.capture.as_deref().unwrap_or("??");
+    let sig = f.signature.as_deref().unwrap_or("-");
+    s.push_str(&format!("--- stack of thread {thread} (captured {how}, signature {sig}) ---\n"));
+    for (i, fr) in stack.iter().enumerate() {
+        let file = fr.file.as_deref().unwrap_or("??");
+        let line = fr.line.map_or("??".to_string(), |l| l.to_string());
+        s.push_str(&format!(
+            "#{i} {} ({file}:{line}) {}\n",
+            fr.function.as_deref().unwrap_or("??"),
+            fr.module.as_deref().unwrap_or("??")
+        ));
+    }
+    if f.frames_omitted > 0 {
+        s.push_str(&format!("… {} more frames omitted\n", f.frames_omitted));
+    }
     s
 }
 
@@ -216,6 +246,7 @@ mod tests {
             },
             stderr_total_bytes: 5,
             stderr_kept_bytes: 5,
+            forensics: Default::default(),
         }
     }
 

@@ -13,3 +13,4 @@ pub mod once;
 pub mod receive;
 pub mod run;
 pub mod status;
+pub mod symbolize;

@@ -12,6 +12,10 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq)]
 pub enum FaultKind {
     Segv,
+    /// An invalid memory access inside libc (`strlen` on a bad pointer).
+    SegvLibc,
+    /// Unbounded recursion into the stack's guard page.
+    StackOverflow,
     Abort,
     Panic,
     Hang,
@@ -67,6 +71,8 @@ impl Fault {
         let kind = match kind.split_once(':') {
             None => match kind {
                 "segv" => FaultKind::Segv,
+                "segv-libc" => FaultKind::SegvLibc,
+                "stack-overflow" => FaultKind::StackOverflow,
                 "abort" => FaultKind::Abort,
                 "panic" => FaultKind::Panic,
                 "hang" => FaultKind::Hang,
@@ -115,6 +121,30 @@ pub fn segv() -> ! {
     // Unreachable unless page zero is mapped; then die the same way.
     unsafe { libc::raise(libc::SIGSEGV) };
     std::process::abort()
+}
+
+/// A real invalid memory access inside a C library function called from Rust: libc's
+/// `strlen` reading from an address in the never-mapped first page. The stack shows libc's
+/// frame innermost, with this function right below it.
+#[inline(never)]
+pub fn segv_libc() -> ! {
+    let bad = 16usize as *const libc::c_char;
+    // SAFETY: deliberately unsound; this is the fault being injected.
+    let n = unsafe { libc::strlen(std::hint::black_box(bad)) };
+    std::hint::black_box(n);
+    unsafe { libc::raise(libc::SIGSEGV) };
+    std::process::abort()
+}
+
+/// Unbounded recursion until the thread's stack guard page: SIGSEGV on the guard page (the
+/// crash handler runs on its alternate stack). Each level keeps a buffer live so the
+/// compiler can neither turn it into a loop nor shrink the frames away.
+#[inline(never)]
+#[allow(unconditional_recursion)] // the point: it never returns
+pub fn stack_overflow(depth: u64) -> u64 {
+    let buf = std::hint::black_box([depth as u8; 512]);
+    let below = stack_overflow(std::hint::black_box(depth + 1));
+    below + u64::from(buf[(depth % 512) as usize])
 }
 
 /// An uncaught panic on the main thread: the standard hook prints the message (and the

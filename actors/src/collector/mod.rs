@@ -19,6 +19,7 @@
 //! collector is rebuilt from its config (its state may be half-updated).
 
 pub mod collectors;
+pub mod crash_capture;
 pub mod fault;
 pub mod parent_link;
 
@@ -217,6 +218,11 @@ fn inject(kind: FaultKind) {
     match kind {
         FaultKind::Panic => panic!("VIGIL_FAULT=panic: injected panic inside a collector"),
         FaultKind::Segv => crate::collector::fault::segv(),
+        FaultKind::SegvLibc => crate::collector::fault::segv_libc(),
+        FaultKind::StackOverflow => {
+            crate::collector::fault::stack_overflow(0);
+            std::process::abort()
+        }
         FaultKind::Abort => std::process::abort(),
         FaultKind::Hang => crate::collector::fault::hang(),
         FaultKind::Exit(code) => std::process::exit(code),

@@ -190,6 +190,11 @@ impl Handler<FireFault> for ParentLink {
         tracing::warn!(fault = ?f.kind, "Injecting fault (VIGIL_FAULT).");
         match f.kind {
             FaultKind::Segv => fault::segv(),
+            FaultKind::SegvLibc => fault::segv_libc(),
+            FaultKind::StackOverflow => {
+                fault::stack_overflow(0);
+                std::process::abort()
+            }
             FaultKind::Abort => std::process::abort(),
             FaultKind::Panic => fault::panic_now(),
             FaultKind::Hang => fault::hang(),

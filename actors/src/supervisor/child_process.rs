@@ -50,7 +50,14 @@ pub struct SpawnSpec {
     pub env: Vec<(OsString, OsString)>,
     pub incarnation: u64,
     pub stderr_tail_bytes: usize,
+    /// Give the child a crash pipe on fd [`crate::collector::crash_capture::FD`] (the
+    /// caller also sets `VIGIL_CRASH_FD`); what its crash handler writes there arrives in
+    /// [`ChildExited::crash_capture`].
+    pub crash_pipe: bool,
 }
+
+/// The most a crash capture may hold (the frames and the dead process's memory map).
+const CRASH_CAPTURE_MAX: usize = 4 << 20;
 
 /// How the process ended, as the kernel reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +137,8 @@ pub struct ChildExited {
     pub uptime: Duration,
     pub stderr_tail: Vec<u8>,
     pub stderr_total: u64,
+    /// What the collector's crash handler wrote to the crash pipe (empty when nothing).
+    pub crash_capture: Vec<u8>,
 }
 
 /// Where a ChildProcess reports.
@@ -160,6 +169,7 @@ pub struct Kill;
 enum PipeEvent {
     StdoutEof,
     StderrEof,
+    CrashEof(Vec<u8>),
     Exited(ExitInfo, Instant),
     WaitFailed(String),
 }
@@ -179,6 +189,9 @@ pub struct ChildProcess {
     exit: Option<(ExitInfo, Instant)>,
     stdout_eof: bool,
     stderr_eof: bool,
+    /// The crash pipe reached EOF (true from the start without one).
+    crash_eof: bool,
+    crash_capture: Vec<u8>,
     reported: bool,
     /// Spawn parts handed to `started`.
     pending: Option<Pending>,
@@ -189,6 +202,19 @@ struct Pending {
     stdin: tokio::process::ChildStdin,
     stdout: tokio::process::ChildStdout,
     stderr: tokio::process::ChildStderr,
+    crash: Option<tokio::net::unix::pipe::Receiver>,
+}
+
+/// A pipe whose ends are both close-on-exec: (read, write).
+fn cloexec_pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two descriptors, which we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptors from pipe2, owned by nothing else.
+    Ok(unsafe { (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1])) })
 }
 
 impl ChildProcess {
@@ -205,6 +231,8 @@ impl ChildProcess {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let parent = std::process::id() as libc::pid_t;
+        let crash = if spec.crash_pipe { Some(cloexec_pipe()?) } else { None };
+        let crash_w = crash.as_ref().map(|(_, w)| std::os::fd::AsRawFd::as_raw_fd(w));
         // SAFETY: only async-signal-safe calls (prctl, getppid, setpgid) and no allocation
         // between fork and exec.
         unsafe {
@@ -221,10 +249,28 @@ impl ChildProcess {
                 // Own process group: a Ctrl-C at the terminal reaches the supervisor only,
                 // which then stops the collector gracefully.
                 libc::setpgid(0, 0);
+                // The crash pipe on its fixed descriptor (dup2 clears close-on-exec; on the
+                // same number it must be cleared by hand).
+                if let Some(w) = crash_w {
+                    let target = crate::collector::crash_capture::FD;
+                    if w == target {
+                        libc::fcntl(w, libc::F_SETFD, 0);
+                    } else if libc::dup2(w, target) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
         let mut child = cmd.spawn()?;
+        // Our copy of the write end goes now: the pipe reads EOF when the child is gone.
+        let crash = match crash {
+            Some((r, w)) => {
+                drop(w);
+                Some(tokio::net::unix::pipe::Receiver::from_owned_fd(r)?)
+            }
+            None => None,
+        };
         let pid = child.id().unwrap_or(0);
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
@@ -242,8 +288,10 @@ impl ChildProcess {
             exit: None,
             stdout_eof: false,
             stderr_eof: false,
+            crash_eof: crash.is_none(),
+            crash_capture: Vec::new(),
             reported: false,
-            pending: Some(Pending { child, stdin, stdout, stderr }),
+            pending: Some(Pending { child, stdin, stdout, stderr, crash }),
         };
         Ok((actor.start(), pid))
     }
@@ -253,7 +301,7 @@ impl ChildProcess {
             return;
         }
         let Some((exit, exited_at)) = self.exit else { return };
-        if !(force || (self.stdout_eof && self.stderr_eof)) {
+        if !(force || (self.stdout_eof && self.stderr_eof && self.crash_eof)) {
             return;
         }
         self.reported = true;
@@ -266,6 +314,7 @@ impl ChildProcess {
             uptime: exited_at.duration_since(self.started),
             stderr_tail: tail.bytes(),
             stderr_total: tail.total(),
+            crash_capture: std::mem::take(&mut self.crash_capture),
         });
         ctx.stop();
     }
@@ -275,7 +324,7 @@ impl Actor for ChildProcess {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let Some(Pending { mut child, mut stdin, stdout, stderr }) = self.pending.take() else {
+        let Some(Pending { mut child, mut stdin, stdout, stderr, crash }) = self.pending.take() else {
             return;
         };
         let me = ctx.address();
@@ -303,6 +352,24 @@ impl Actor for ChildProcess {
             read_stderr(stderr, pid, tail).await;
             err_addr.do_send(PipeEvent::StderrEof);
         });
+
+        if let Some(mut crash) = crash {
+            let crash_addr = me.clone();
+            actix_rt::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match crash.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            let room = CRASH_CAPTURE_MAX.saturating_sub(got.len());
+                            got.extend_from_slice(&buf[..n.min(room)]);
+                        }
+                    }
+                }
+                crash_addr.do_send(PipeEvent::CrashEof(got));
+            });
+        }
 
         let reaped = self.reaped.clone();
         actix_rt::spawn(async move {
@@ -404,6 +471,10 @@ impl Handler<PipeEvent> for ChildProcess {
                 }
             }
             PipeEvent::StderrEof => self.stderr_eof = true,
+            PipeEvent::CrashEof(bytes) => {
+                self.crash_eof = true;
+                self.crash_capture = bytes;
+            }
             PipeEvent::Exited(info, at) => {
                 self.exit = Some((info, at));
                 self.stdin_tx = None;

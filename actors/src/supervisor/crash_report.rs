@@ -45,6 +45,32 @@ pub struct CrashReport {
     pub stderr_total_bytes: u64,
     /// Bytes of that kept in `ID.stderr` (the last ones).
     pub stderr_kept_bytes: u64,
+    /// Where it died (CONTRACT §6 "Where it died").
+    #[serde(flatten)]
+    pub forensics: Forensics,
+}
+
+/// Where the collector died: the crashing thread's stack, or why there is none.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Forensics {
+    /// Innermost first; null when no stack was captured (see `stack_error`).
+    #[serde(default)]
+    pub stack: Option<Vec<crate::supervisor::stack::Frame>>,
+    /// Frames beyond the 256 kept.
+    #[serde(default)]
+    pub frames_omitted: usize,
+    /// The crashing thread's name.
+    #[serde(default)]
+    pub thread: Option<String>,
+    /// `in_process` (or `ptrace`): how the stack was taken.
+    #[serde(default)]
+    pub capture: Option<String>,
+    /// Hash of the innermost frames of vigil's own code ([`crate::supervisor::stack::signature`]).
+    #[serde(default)]
+    pub signature: Option<String>,
+    /// Why there is no stack, when a death by a fatal signal has none.
+    #[serde(default)]
+    pub stack_error: Option<String>,
 }
 
 /// Errors reading or writing reports.
@@ -204,6 +230,7 @@ mod tests {
             },
             stderr_total_bytes: 5,
             stderr_kept_bytes: 5,
+            forensics: Default::default(),
         }
     }
 

@@ -78,7 +78,18 @@ impl Disk {
 
     /// Hands a crash report over; returns at once.
     pub fn write_report(&self, report: CrashReport, stderr_tail: Vec<u8>) {
+        self.hold_report();
+        self.write_held_report(report, stderr_tail);
+    }
+
+    /// Counts a report as pending before it exists (it waits for its stack); the
+    /// matching [`Disk::write_held_report`] hands it over without counting it again.
+    pub fn hold_report(&self) {
         self.inner.pending_reports.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Hands over a report counted by [`Disk::hold_report`].
+    pub fn write_held_report(&self, report: CrashReport, stderr_tail: Vec<u8>) {
         self.push(Job::Report(Box::new(Pending { report, stderr_tail, failed: false })));
     }
 
@@ -230,6 +241,7 @@ mod tests {
             },
             stderr_total_bytes: 1,
             stderr_kept_bytes: 1,
+            forensics: Default::default(),
         }
     }
 

@@ -36,6 +36,7 @@ pub mod heartbeat;
 pub mod module;
 pub mod policy;
 pub mod sd_notify;
+pub mod stack;
 mod updates;
 pub use policy::{Quarantine, RestartDecision, RestartPolicy};
 pub use updates::{
@@ -256,6 +257,8 @@ pub struct CrashCount {
     pub reason: String,
     pub signal_name: Option<String>,
     pub code: Option<i32>,
+    /// The stack's signature ([`stack::signature`]); null where no stack was captured.
+    pub signature: Option<String>,
     pub count: u64,
 }
 
@@ -290,6 +293,22 @@ impl StatusSnapshot {
         Err(why)
     }
 }
+
+/// A crash report waiting for its stack.
+struct PendingReport {
+    report: CrashReport,
+    stderr_tail: Vec<u8>,
+    /// The end was a requested stop that did not go cleanly (a WARN, not a crash).
+    stopping: bool,
+    /// `killed by SIGSEGV`, `exited with code 3`, …
+    how: String,
+}
+
+/// How long the symbolizer gets; past it the report is written with `stack_error`.
+pub const SYMBOLIZE_WITHIN: Duration = Duration::from_secs(2);
+
+/// How one end of the collector is counted: reason, signal name, exit code, signature.
+type CrashKey = (String, Option<String>, Option<i32>, Option<String>);
 
 /// Why the supervisor killed the current child, if it did.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -333,7 +352,7 @@ pub struct Supervisor {
     quarantine: Quarantine,
     latest: HashMap<SeriesKey, Latest>,
     /// Unrequested ends by (reason, signal name, exit code), for `/metrics`.
-    crash_counts: BTreeMap<(String, Option<String>, Option<i32>), u64>,
+    crash_counts: BTreeMap<CrashKey, u64>,
     /// The incarnation whose first heartbeat ack systemd was told about (0: none yet, so
     /// `READY=1` is still due).
     notified_incarnation: u64,
@@ -540,6 +559,11 @@ impl Supervisor {
         self.rtt = None;
         let mut env = self.settings.env.clone();
         env.push(("VIGIL_INCARNATION".into(), incarnation.to_string().into()));
+        let crash_pipe = self.capture_on();
+        if crash_pipe {
+            let fd = crate::collector::crash_capture::FD.to_string();
+            env.push((crate::collector::crash_capture::FD_ENV.into(), fd.into()));
+        }
         let mut program = self.settings.program.clone();
         if let Some((path, (k, v))) = self.modules.program() {
             program = path;
@@ -551,6 +575,7 @@ impl Supervisor {
             env,
             incarnation,
             stderr_tail_bytes: self.settings.config.stderr_tail_bytes as usize,
+            crash_pipe,
         };
         let me = ctx.address();
         let events = ChildEvents {
@@ -665,6 +690,64 @@ impl Supervisor {
         });
     }
 
+    /// Whether collectors get a crash pipe and their crash handler.
+    fn capture_on(&self) -> bool {
+        self.settings.config.stack_capture != crate::config::StackCapture::Off
+    }
+
+    /// The report is complete (with its stack when there is one): log the crash, count it
+    /// by signature, and hand the report to the disk thread.
+    fn finish_report(&mut self, p: PendingReport) {
+        let r = &p.report;
+        let e = &r.exit;
+        let id = r.id.as_str();
+        let f = &r.forensics;
+        let at = f.stack.as_deref().and_then(stack::innermost_own);
+        let place = at.map(|f| format!(" in {f}")).unwrap_or_default();
+        let how = &p.how;
+        if p.stopping {
+            // Still a report (its stderr may say why it would not stop), but not a crash.
+            tracing::warn!(
+                pid = r.pid,
+                code = e.code,
+                signal = e.signal_name.as_deref(),
+                report = id,
+                "Collector did not stop cleanly ({how}){place}; crash report {id}."
+            );
+        } else {
+            if let Some(sig) = &f.signature {
+                let key = (e.reason.clone(), e.signal_name.clone(), e.code, None);
+                if let Some(n) = self.crash_counts.get_mut(&key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.crash_counts.remove(&key);
+                    }
+                    *self.crash_counts.entry((key.0, key.1, key.2, Some(sig.clone()))).or_default() += 1;
+                }
+            }
+            tracing::error!(
+                pid = r.pid,
+                incarnation = r.incarnation,
+                reason = %e.reason,
+                collector_in_flight = e.collector_in_flight.as_deref(),
+                code = e.code,
+                signal = e.signal_name.as_deref(),
+                core_dumped = e.core_dumped,
+                uptime_ms = e.uptime_ms,
+                function = at,
+                signature = f.signature.as_deref(),
+                stack_error = f.stack_error.as_deref(),
+                report = id,
+                "Collector {} ({how}){place}; crash report {id}.",
+                if e.reason == "unresponsive" { "was unresponsive and was killed" } else { "crashed" },
+            );
+        }
+        // Written on the disk thread: nothing here waits for the disk, and the report waits
+        // in memory (counted as pending) until the disk takes it.
+        self.disk.write_held_report(p.report, p.stderr_tail);
+        self.publish();
+    }
+
     fn snapshot(&self) -> StatusSnapshot {
         let now = Instant::now();
         StatusSnapshot {
@@ -688,10 +771,11 @@ impl Supervisor {
                 crash_counts: self
                     .crash_counts
                     .iter()
-                    .map(|((reason, signal_name, code), &count)| CrashCount {
+                    .map(|((reason, signal_name, code, signature), &count)| CrashCount {
                         reason: reason.clone(),
                         signal_name: signal_name.clone(),
                         code: *code,
+                        signature: signature.clone(),
                         count,
                     })
                     .collect(),
@@ -859,7 +943,7 @@ impl Handler<ChildExited> for Supervisor {
         if !stopping {
             *self
                 .crash_counts
-                .entry((reason.to_string(), last.signal_name.clone(), exit.code))
+                .entry((reason.to_string(), last.signal_name.clone(), exit.code, None))
                 .or_default() += 1;
         }
         if abnormal && !stopping {
@@ -882,35 +966,47 @@ impl Handler<ChildExited> for Supervisor {
                 exit: LastExit { crash_report: Some(id.clone()), ..last.clone() },
                 stderr_total_bytes: ev.stderr_total,
                 stderr_kept_bytes: ev.stderr_tail.len() as u64,
+                forensics: Default::default(),
             };
-            // Written on the disk thread: the restart never waits for the disk, and the
-            // report waits in memory (counted as pending) until the disk takes it.
-            self.disk.write_report(report, ev.stderr_tail);
-            last.crash_report = Some(id.clone());
-            let report_id = last.crash_report.as_deref().unwrap_or("none");
-            if stopping {
-                // Still a report (its stderr may say why it would not stop), but not a crash.
-                tracing::warn!(
-                    pid = ev.pid,
-                    code = exit.code,
-                    signal = last.signal_name.as_deref(),
-                    report = report_id,
-                    "Collector did not stop cleanly ({how}); crash report {report_id}."
-                );
-            } else {
-                tracing::error!(
-                    pid = ev.pid,
-                    incarnation = ev.incarnation,
-                    reason,
-                    collector_in_flight = last.collector_in_flight.as_deref(),
-                    code = exit.code,
-                    signal = last.signal_name.as_deref(),
-                    core_dumped = exit.core_dumped,
-                    uptime_ms = last.uptime_ms,
-                    report = report_id,
-                    "Collector {} ({how}); crash report {report_id}.",
-                    if reason == "unresponsive" { "was unresponsive and was killed" } else { "crashed" },
-                );
+            last.crash_report = Some(id);
+            // Pending from now: in memory while its stack is made, then until the disk takes it.
+            self.disk.hold_report();
+            let fatal = exit.signal.is_some_and(|s| crate::collector::crash_capture::SIGNALS.contains(&s));
+            let pending = PendingReport { report, stderr_tail: ev.stderr_tail, stopping, how: how.clone() };
+            match (fatal, self.capture_on(), ev.crash_capture.is_empty()) {
+                (true, true, false) => {
+                    // Symbolized in a helper process; the restart below does not wait for it.
+                    let program = self.settings.program.clone();
+                    let fut = stack::symbolize_in_helper(program, ev.crash_capture, SYMBOLIZE_WITHIN);
+                    ctx.spawn(fut.into_actor(self).map(move |res, this, _| {
+                        let mut pending = pending;
+                        let f = &mut pending.report.forensics;
+                        match res {
+                            Ok(s) => {
+                                f.signature = stack::signature(&s.stack);
+                                f.thread = Some(s.thread);
+                                f.frames_omitted = s.frames_omitted;
+                                f.stack = Some(s.stack);
+                                f.capture = Some("in_process".into());
+                            }
+                            Err(e) => f.stack_error = Some(e),
+                        }
+                        this.finish_report(pending);
+                    }));
+                }
+                (true, true, true) => {
+                    let mut pending = pending;
+                    pending.report.forensics.stack_error = Some(
+                        "the collector's crash handler wrote no stack (it died before the handler ran, or the handler itself failed)".into(),
+                    );
+                    self.finish_report(pending);
+                }
+                (true, false, _) => {
+                    let mut pending = pending;
+                    pending.report.forensics.stack_error = Some("supervisor.stack_capture is \"off\"".into());
+                    self.finish_report(pending);
+                }
+                (false, _, _) => self.finish_report(pending),
             }
         } else if !stopping {
             tracing::warn!(

@@ -1,0 +1,162 @@
+//! `vigil symbolize` (internal): reads a raw crash capture on stdin
+//! ([`vigil_actors::supervisor::stack::Capture`]) and prints the symbolized stack as JSON
+//! ([`vigil_actors::supervisor::stack::Symbolized`]).
+//!
+//! The supervisor runs it as a short-lived child with a deadline, so that reading the debug
+//! info of whatever binaries the dead collector had mapped (large, possibly damaged or
+//! replaced by an upgrade) can neither crash nor stall the supervisor.
+//!
+//! Each address is looked up in the file that was mapped there: its DWARF (the release
+//! profile keeps `debug = 1`: functions, inlined frames, files and lines) gives the frames,
+//! innermost inlined function first; where there is no DWARF (Debian's libc6), the symbol
+//! table gives the function. Addresses are turned into the file's own addresses with the
+//! load base of its lowest mapping (position-independent files) or used as they are (fixed
+//! executables). Return addresses (every frame but the faulting one) are looked up one byte
+//! earlier, inside the call that returns there.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::process::ExitCode;
+
+use vigil_actors::collector::crash_capture::MAX_FRAMES;
+use vigil_actors::supervisor::stack::{Capture, Frame, Symbolized};
+
+pub fn main() -> ExitCode {
+    let mut raw = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut raw) {
+        eprintln!("vigil symbolize: cannot read stdin: {e}");
+        return ExitCode::from(1);
+    }
+    let capture = match Capture::parse(&raw) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vigil symbolize: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let out = symbolize(&capture);
+    println!("{}", serde_json::to_string(&out).unwrap_or_default());
+    ExitCode::SUCCESS
+}
+
+/// One mapped file, opened once.
+struct Module {
+    loader: Option<addr2line::Loader>,
+    /// Whether addresses in it are relative to where it was loaded (ET_DYN).
+    relocatable: bool,
+}
+
+fn open_module(path: &str) -> Module {
+    let path = path.strip_suffix(" (deleted)").unwrap_or(path);
+    let relocatable = elf_type(path) != Some(2);
+    Module { loader: addr2line::Loader::new(path).ok(), relocatable }
+}
+
+/// The ELF `e_type` of a file (2: a fixed-address executable, 3: position independent).
+fn elf_type(path: &str) -> Option<u16> {
+    let mut head = [0u8; 18];
+    std::fs::File::open(path).ok()?.read_exact(&mut head).ok()?;
+    (head[..4] == *b"\x7fELF").then(|| u16::from_le_bytes([head[16], head[17]]))
+}
+
+pub fn symbolize(c: &Capture) -> Symbolized {
+    let frames = c.crash_frames();
+    let mut modules: HashMap<String, Module> = HashMap::new();
+    let mut stack = Vec::new();
+    for (i, &ip) in frames.iter().enumerate() {
+        let address = format!("{ip:#x}");
+        let Some(m) = c.mapping(ip) else {
+            stack.push(Frame { function: None, file: None, line: None, module: None, address });
+            continue;
+        };
+        let name = m.path.rsplit('/').next().unwrap_or(&m.path).to_string();
+        let base = c.load_base(m);
+        let module = modules.entry(m.path.clone()).or_insert_with(|| open_module(&m.path));
+        // The faulting frame is the instruction itself; the others return there.
+        let lookup = if i == 0 && ip == c.pc { ip } else { ip.saturating_sub(1) };
+        let probe = if module.relocatable { lookup.saturating_sub(base) } else { lookup };
+        let mut found = Vec::new();
+        if let Some(loader) = &module.loader {
+            if let Ok(mut it) = loader.find_frames(probe) {
+                while let Ok(Some(f)) = it.next() {
+                    let function =
+                        f.function.as_ref().and_then(|n| n.demangle().ok()).map(|s| s.into_owned());
+                    let (file, line) = match &f.location {
+                        Some(l) => (l.file.map(short_path), l.line),
+                        None => (None, None),
+                    };
+                    found.push(Frame {
+                        function,
+                        file,
+                        line,
+                        module: Some(name.clone()),
+                        address: address.clone(),
+                    });
+                }
+            }
+            if found.iter().all(|f| f.function.is_none()) {
+                let symbol =
+                    loader.find_symbol(probe).map(|s| addr2line::demangle_auto(s.into(), None).into_owned());
+                match found.first_mut() {
+                    Some(f) => f.function = symbol,
+                    None => found.push(Frame {
+                        function: symbol,
+                        file: None,
+                        line: None,
+                        module: Some(name.clone()),
+                        address: address.clone(),
+                    }),
+                }
+            }
+        }
+        if found.is_empty() {
+            found.push(Frame { function: None, file: None, line: None, module: Some(name), address });
+        }
+        stack.extend(found);
+    }
+    let omitted = stack.len().saturating_sub(MAX_FRAMES);
+    stack.truncate(MAX_FRAMES);
+    Symbolized { thread: c.thread.clone(), stack, frames_omitted: omitted }
+}
+
+/// Source paths as the repository names them (`actors/src/…`), not the build machine's
+/// absolute path; paths of the standard library and dependencies stay as they are.
+fn short_path(p: &str) -> String {
+    for marker in ["/actors/src/", "/src/"] {
+        if let Some(i) = p.find(marker) {
+            let rest = &p[i + 1..];
+            if !p.contains("/.cargo/") && !p.contains("/rustc/") {
+                return rest.to_string();
+            }
+        }
+    }
+    p.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test binary symbolizes an address of one of its own functions.
+    #[test]
+    fn an_address_in_this_binary_names_its_function_file_and_line() {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let ip = an_address_in_this_binary as *const () as u64;
+        let raw = format!(
+            "VIGIL-CRASH 1\nsignal 11\ntid 1\npc {ip:#x}\nthread t\nframe {ip:#x}\nmaps\n{maps}end\n"
+        );
+        let c = Capture::parse(raw.as_bytes()).unwrap();
+        let s = symbolize(&c);
+        let f = &s.stack[0];
+        assert!(
+            f.function.as_deref().unwrap_or_default().ends_with("an_address_in_this_binary"),
+            "{:?}",
+            s.stack
+        );
+        assert_eq!(f.file.as_deref(), Some("src/commands/symbolize.rs"), "{f:?}");
+        assert!(f.line.is_some());
+    }
+
+    #[inline(never)]
+    fn an_address_in_this_binary() {}
+}
