@@ -74,7 +74,10 @@ fn a_disabled_collector_is_shown_disabled_and_not_run() {
 fn a_panic_inside_a_collector_is_its_error_not_a_crash() {
     let agent = Agent::start(&with_collectors("", ""), &[("VIGIL_FAULT", "panic@collector:load")]);
     let s = agent.wait_status(T, "a load error", |s| entry(s, "load")["errors"].as_u64() >= Some(1));
-    assert!(entry(&s, "load")["last_error"].as_str().unwrap().contains("panicked"), "{s:#}");
+    // `panicked at FILE:LINE:COL: MESSAGE` (CONTRACT §6).
+    let err = entry(&s, "load")["last_error"].as_str().unwrap().to_string();
+    assert!(err.starts_with("panicked at actors/src/collector/mod.rs:"), "{err}");
+    assert!(err.ends_with(": VIGIL_FAULT=panic: injected panic inside a collector"), "{err}");
     // Later collections succeed; the process never restarted.
     let s = agent.wait_status(T, "load ok again", |s| entry(s, "load")["state"] == "ok");
     assert_eq!(s["collector"]["incarnation"], 1);

@@ -69,8 +69,13 @@ fn panic_exits_101_with_its_message_in_the_report() {
     let e = &s["collector"]["last_exit"];
     assert_eq!((e["reason"].as_str(), e["code"].as_i64()), (Some("exited"), Some(101)));
     assert_eq!(e["signal"], Value::Null);
-    let (_, stderr) = report(&agent, e);
+    let (json, stderr) = report(&agent, e);
     assert!(String::from_utf8_lossy(&stderr).contains("injected panic"), "panic message in ID.stderr");
+    // The report names the panic and where it happened (CONTRACT §6).
+    let p = &json["panic"];
+    assert_eq!(p["message"], "VIGIL_FAULT=panic: injected panic", "{json:#}");
+    let at = p["location"].as_str().unwrap_or_default();
+    assert!(at.starts_with("actors/src/collector/fault.rs:") && at.matches(':').count() == 2, "{at}");
     assert_error_line(&agent, e["crash_report"].as_str().unwrap(), "code 101");
     // The panic message also reached the agent log, as collector output.
     assert!(agent.log_lines("injected panic").iter().any(|l| l.contains("collector")));

@@ -25,6 +25,7 @@ pub fn main() -> ExitCode {
     // Before any collector runs: a fatal signal from here on leaves its stack in the crash
     // pipe the supervisor handed down (CONTRACT §6).
     vigil_actors::collector::crash_capture::install();
+    vigil_actors::collector::crash_capture::install_panic_hook();
     let incarnation: u64 = std::env::var("VIGIL_INCARNATION").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     let fault = match Fault::from_env() {
         Ok(f) => f.filter(|f| f.applies_to(incarnation)),

@@ -17,6 +17,7 @@ pub fn main(config_path: Option<PathBuf>, json: bool) -> ExitCode {
         Err(code) => return code,
     };
     crate::logging::init_stderr("warn");
+    vigil_actors::collector::crash_capture::install_panic_hook();
     let system = actix_rt::System::new();
     let results = system.block_on(cfg.collectors.collect_once(&Env::default(), Duration::from_secs(1)));
     let mut failed = false;

@@ -49,6 +49,31 @@ pub const SIGNALS: [i32; 6] =
     [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGABRT, libc::SIGTRAP];
 
 static CRASH_FD: AtomicI32 = AtomicI32::new(-1);
+
+thread_local! {
+    /// Where this thread's last panic happened (`FILE:LINE:COL`), for the code that
+    /// catches it.
+    static PANIC_AT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Records where each panic happens, then lets the previous hook (std's: the message on
+/// stderr) run as before: a panic that a collector's guard catches keeps its place in that
+/// collector's `last_error`.
+pub fn install_panic_hook() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if let Some(at) = info.location() {
+            let at = format!("{}:{}:{}", at.file(), at.line(), at.column());
+            PANIC_AT.with(|p| *p.borrow_mut() = Some(at));
+        }
+        previous(info);
+    }));
+}
+
+/// The place of this thread's last panic, once.
+pub fn take_panic_location() -> Option<String> {
+    PANIC_AT.with(|p| p.borrow_mut().take())
+}
 static ENTERED: AtomicBool = AtomicBool::new(false);
 
 /// Installs the handlers when the supervisor handed down a crash pipe (`VIGIL_CRASH_FD`);

@@ -184,7 +184,7 @@ impl<C: Collector> CollectorActor<C> {
             let (error, keep) = match tokio::time::timeout(timeout, run).await {
                 Ok(Ok(Ok(()))) => (None, true),
                 Ok(Ok(Err(e))) => (Some(e.to_string()), true),
-                Ok(Err(panic)) => (Some(format!("panicked: {}", panic_message(&panic))), false),
+                Ok(Err(panic)) => (Some(panic_error(&panic)), false),
                 Err(_) => (Some(format!("timed out after {:.1} s", timeout.as_secs_f64())), false),
             };
             let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -238,6 +238,17 @@ fn inject(kind: FaultKind) {
     }
 }
 
+/// A caught panic as a collector's `last_error`: `panicked at FILE:LINE:COL: MESSAGE`
+/// (CONTRACT §6), the place from the panic hook
+/// ([`crate::collector::crash_capture::install_panic_hook`]).
+fn panic_error(p: &Box<dyn std::any::Any + Send>) -> String {
+    let message = panic_message(p);
+    match crate::collector::crash_capture::take_panic_location() {
+        Some(at) => format!("panicked at {at}: {message}"),
+        None => format!("panicked: {message}"),
+    }
+}
+
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<&str>()
         .map(|s| s.to_string())
@@ -273,7 +284,7 @@ pub async fn collect_guarded<C: Collector>(c: &mut C) -> Result<Vec<Sample>, Col
     match AssertUnwindSafe(c.collect(&mut out)).catch_unwind().await {
         Ok(Ok(())) => Ok(out),
         Ok(Err(e)) => Err(e),
-        Err(p) => Err(CollectError::Other(format!("panicked: {}", panic_message(&p)))),
+        Err(p) => Err(CollectError::Other(panic_error(&p))),
     }
 }
 

@@ -71,6 +71,39 @@ pub struct Forensics {
     /// Why there is no stack, when a death by a fatal signal has none.
     #[serde(default)]
     pub stack_error: Option<String>,
+    /// The panic that ended the process, as its stderr says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub panic: Option<Panic>,
+}
+
+/// `panic` of a report: `{message, location}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Panic {
+    pub message: String,
+    /// `FILE:LINE:COL`.
+    pub location: String,
+}
+
+impl Panic {
+    /// The last panic Rust's standard hook reported in `stderr` (`thread 'NAME' panicked at
+    /// FILE:LINE:COL:` then the message, up to a `note:` or `stack backtrace:` line).
+    pub fn from_stderr(stderr: &[u8]) -> Option<Panic> {
+        let text = String::from_utf8_lossy(stderr);
+        // `thread 'NAME' panicked at …`, or `thread 'NAME' (TID) panicked at …` (newer Rust).
+        let start = text
+            .match_indices(" panicked at ")
+            .map(|(i, _)| i)
+            .filter(|&i| text[..i].rsplit('\n').next().is_some_and(|l| l.starts_with("thread '")))
+            .last()?;
+        let rest = &text[start + " panicked at ".len()..];
+        let (location, after) = rest.split_once('\n')?;
+        let location = location.trim_end().strip_suffix(':').unwrap_or(location).to_string();
+        let message: Vec<&str> = after
+            .lines()
+            .take_while(|l| !l.starts_with("note: ") && !l.starts_with("stack backtrace:"))
+            .collect();
+        Some(Panic { message: message.join("\n").trim_end().to_string(), location })
+    }
 }
 
 /// Errors reading or writing reports.
@@ -209,6 +242,17 @@ pub fn prune(dir: &Path, keep: usize) -> Result<usize, ReportError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_panic_in_stderr_gives_message_and_location() {
+        let err = b"noise\nthread 'a' panicked at x.rs:1:2:\nold\n\
+            thread 'main' (42) panicked at actors/src/collector/fault.rs:150:32:\nVIGIL_FAULT=panic: injected\n\
+            second line\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        let p = Panic::from_stderr(err).unwrap();
+        assert_eq!(p.location, "actors/src/collector/fault.rs:150:32");
+        assert_eq!(p.message, "VIGIL_FAULT=panic: injected\nsecond line");
+        assert_eq!(Panic::from_stderr(b"no panic here\n"), None);
+    }
 
     fn report(id: &str) -> CrashReport {
         CrashReport {

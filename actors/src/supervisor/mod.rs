@@ -972,6 +972,11 @@ impl Handler<ChildExited> for Supervisor {
             // Pending from now: in memory while its stack is made, then until the disk takes it.
             self.disk.hold_report();
             let fatal = exit.signal.is_some_and(|s| crate::collector::crash_capture::SIGNALS.contains(&s));
+            let mut report = report;
+            // Rust exits 101 when a panic ends the process; its hook wrote where, on stderr.
+            if exit.code == Some(101) {
+                report.forensics.panic = crash_report::Panic::from_stderr(&ev.stderr_tail);
+            }
             let pending = PendingReport { report, stderr_tail: ev.stderr_tail, stopping, how: how.clone() };
             match (fatal, self.capture_on(), ev.crash_capture.is_empty()) {
                 (true, true, false) => {
