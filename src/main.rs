@@ -60,6 +60,10 @@ enum Command {
     /// (JSON on stdout); run by the supervisor as a short-lived child.
     #[command(hide = true)]
     Symbolize,
+    /// Internal: take a process's stacks from outside with ptrace (a dying thread, or every
+    /// thread of a hung one) and print the raw capture; run by the supervisor.
+    #[command(hide = true)]
+    StackDump(commands::stack_dump::Args),
     /// Validate the configuration; print every error with file, line and column.
     CheckConfig {
         /// Config file (default: $VIGIL_CONFIG, else /etc/vigil/vigil.toml if it exists).
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
         Command::Receive(args) => commands::receive::main(args),
         Command::CheckConfig { config } => commands::check_config::main(config),
         Command::Symbolize => commands::symbolize::main(),
+        Command::StackDump(args) => commands::stack_dump::main(args),
         Command::Keygen(args) => commands::keys::keygen(args),
         Command::SignModule(args) => commands::keys::sign_module(args),
     }

@@ -369,12 +369,6 @@ impl Config {
         if s.quarantine_after_crashes == 0 {
             bad("supervisor.quarantine_after_crashes", "must be at least 1".into());
         }
-        if s.stack_capture == StackCapture::Ptrace {
-            bad(
-                "supervisor.stack_capture",
-                "`ptrace` is not available in this build yet; use `auto` (in-process capture) or `in_process`".into(),
-            );
-        }
         if s.stderr_tail_bytes > 256 * 1024 * 1024 {
             bad("supervisor.stderr_tail_bytes", "must be at most 268435456 (256 MiB)".into());
         }

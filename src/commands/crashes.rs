@@ -243,6 +243,7 @@ mod tests {
                 collector_in_flight: Some("dns".into()),
                 crash_report: Some(id.into()),
                 detail: None,
+                oom_killed: None,
             },
             stderr_total_bytes: 5,
             stderr_kept_bytes: 5,

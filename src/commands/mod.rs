@@ -12,5 +12,6 @@ pub mod keys;
 pub mod once;
 pub mod receive;
 pub mod run;
+pub mod stack_dump;
 pub mod status;
 pub mod symbolize;

@@ -16,10 +16,11 @@
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use vigil_actors::collector::crash_capture::MAX_FRAMES;
-use vigil_actors::supervisor::stack::{Capture, Frame, Symbolized};
+use vigil_actors::supervisor::stack::{Capture, Frame, Symbolized, ThreadStack};
 
 pub fn main() -> ExitCode {
     let mut raw = Vec::new();
@@ -49,7 +50,39 @@ struct Module {
 fn open_module(path: &str) -> Module {
     let path = path.strip_suffix(" (deleted)").unwrap_or(path);
     let relocatable = elf_type(path) != Some(2);
-    Module { loader: addr2line::Loader::new(path).ok(), relocatable }
+    // A separate debug file (Debian's libc6-dbg) has the same addresses, the DWARF and the
+    // full symbol table (internal functions such as `__strlen_avx2` included).
+    let debug = debug_file(Path::new(path));
+    let loader =
+        debug.and_then(|d| addr2line::Loader::new(d).ok()).or_else(|| addr2line::Loader::new(path).ok());
+    Module { loader, relocatable }
+}
+
+/// The separate debug file of `path`, where one is installed: by its build ID under
+/// `/usr/lib/debug/.build-id/`, else by its `.gnu_debuglink` name next to it, in `.debug/`
+/// beside it, or under `/usr/lib/debug/` + its directory.
+fn debug_file(path: &Path) -> Option<PathBuf> {
+    use object::Object;
+    let file = std::fs::File::open(path).ok()?;
+    // SAFETY: a read-only map of a file this short-lived helper only reads.
+    let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+    let obj = object::File::parse(&*map).ok()?;
+    if let Ok(Some(id)) = obj.build_id() {
+        if id.len() > 1 {
+            let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+            let p = PathBuf::from(format!("/usr/lib/debug/.build-id/{}/{}.debug", &hex[..2], &hex[2..]));
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    let (name, _crc) = obj.gnu_debuglink().ok()??;
+    let name = std::str::from_utf8(name).ok()?;
+    let dir = path.parent()?;
+    let under_debug = Path::new("/usr/lib/debug").join(dir.strip_prefix("/").unwrap_or(dir)).join(name);
+    [dir.join(name), dir.join(".debug").join(name), under_debug]
+        .into_iter()
+        .find(|c| c.is_file() && c != path)
 }
 
 /// The ELF `e_type` of a file (2: a fixed-address executable, 3: position independent).
@@ -60,8 +93,41 @@ fn elf_type(path: &str) -> Option<u16> {
 }
 
 pub fn symbolize(c: &Capture) -> Symbolized {
-    let frames = c.crash_frames();
     let mut modules: HashMap<String, Module> = HashMap::new();
+    let frames = c.crash_frames();
+    let exact = frames.first().filter(|&&ip| ip == c.pc).is_some();
+    let (mut stack, omitted) = symbolize_frames(c, frames, exact, c.omitted, &mut modules);
+    if c.panic {
+        vigil_actors::supervisor::stack::skip_panic_machinery(&mut stack);
+    }
+    // A hang's threads: each first frame is where the thread was stopped (an instruction
+    // pointer, looked up as it is).
+    let threads = c
+        .tasks
+        .iter()
+        .map(|t| ThreadStack {
+            name: t.name.clone(),
+            stack: symbolize_frames(c, &t.frames, true, t.omitted, &mut modules).0,
+        })
+        .collect();
+    Symbolized {
+        thread: c.thread.clone(),
+        stack,
+        frames_omitted: omitted,
+        capture: c.capture.clone(),
+        threads,
+    }
+}
+
+/// Symbolizes one thread's frames (innermost first; `exact`: the first is the faulting
+/// instruction, not a return address): at most [`MAX_FRAMES`], and how many were left out.
+fn symbolize_frames(
+    c: &Capture,
+    frames: &[u64],
+    exact: bool,
+    omitted: usize,
+    modules: &mut HashMap<String, Module>,
+) -> (Vec<Frame>, usize) {
     let mut stack = Vec::new();
     for (i, &ip) in frames.iter().enumerate() {
         let address = format!("{ip:#x}");
@@ -73,7 +139,7 @@ pub fn symbolize(c: &Capture) -> Symbolized {
         let base = c.load_base(m);
         let module = modules.entry(m.path.clone()).or_insert_with(|| open_module(&m.path));
         // The faulting frame is the instruction itself; the others return there.
-        let lookup = if i == 0 && ip == c.pc { ip } else { ip.saturating_sub(1) };
+        let lookup = if i == 0 && exact { ip } else { ip.saturating_sub(1) };
         let probe = if module.relocatable { lookup.saturating_sub(base) } else { lookup };
         let mut found = Vec::new();
         if let Some(loader) = &module.loader {
@@ -114,9 +180,9 @@ pub fn symbolize(c: &Capture) -> Symbolized {
         }
         stack.extend(found);
     }
-    let omitted = stack.len().saturating_sub(MAX_FRAMES);
+    let left_out = stack.len().saturating_sub(MAX_FRAMES) + omitted;
     stack.truncate(MAX_FRAMES);
-    Symbolized { thread: c.thread.clone(), stack, frames_omitted: omitted }
+    (stack, left_out)
 }
 
 /// Source paths as the repository names them (`actors/src/…`), not the build machine's

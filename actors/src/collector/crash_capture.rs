@@ -37,6 +37,22 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 /// The environment variable naming the crash pipe's file descriptor in the collector.
 pub const FD_ENV: &str = "VIGIL_CRASH_FD";
+/// The environment variable saying how stacks are taken (`supervisor.stack_capture`):
+/// `auto` and `ptrace` make the handler ask the supervisor to take the stack from outside
+/// first; `in_process` (or unset) makes it unwind itself at once.
+pub const MODE_ENV: &str = "VIGIL_CRASH_MODE";
+/// The first line the handler writes when it asks for a capture from outside:
+/// `VIGIL-PTRACE TID SIGNAL PC SP FP`; the supervisor answers one byte on the same socket.
+pub const ASK_PTRACE: &str = "VIGIL-PTRACE";
+/// The answer: the stack was taken from outside; die now.
+pub const TAKEN: u8 = b'y';
+/// The answer: it could not be; unwind in process.
+pub const UNWIND_HERE: u8 = b'i';
+/// The answer: it could not be, and no in-process capture is wanted (`ptrace` only).
+pub const GIVE_UP: u8 = b'x';
+/// How long the handler waits for the answer at most (the supervisor answers within its
+/// own, shorter deadline; this only covers a supervisor that is gone).
+const ANSWER_WITHIN_MS: i64 = 3000;
 /// The descriptor the supervisor puts the crash pipe on.
 pub const FD: i32 = 3;
 /// Frames written at most.
@@ -49,31 +65,96 @@ pub const SIGNALS: [i32; 6] =
     [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGABRT, libc::SIGTRAP];
 
 static CRASH_FD: AtomicI32 = AtomicI32::new(-1);
+/// 0: unwind in process; 1: ask for ptrace, unwind here if refused (`auto`); 2: ptrace only.
+static MODE: AtomicI32 = AtomicI32::new(0);
 
 thread_local! {
-    /// Where this thread's last panic happened (`FILE:LINE:COL`), for the code that
-    /// catches it.
-    static PANIC_AT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+    /// Where this thread's last panic happened (`FILE:LINE:COL`) and its backtrace, for the
+    /// code that catches it.
+    static PANIC_AT: std::cell::RefCell<Option<(String, std::backtrace::Backtrace)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
-/// Records where each panic happens, then lets the previous hook (std's: the message on
-/// stderr) run as before: a panic that a collector's guard catches keeps its place in that
-/// collector's `last_error`.
+/// The last panic's raw stack (`tid`, thread name, return addresses), written to the crash
+/// pipe if the process then exits (a panic that ends it exits with 101).
+static LAST_PANIC: std::sync::Mutex<Option<(u64, String, Vec<u64>)>> = std::sync::Mutex::new(None);
+
+/// Records where each panic happens (for the collector that catches it) and the panicking
+/// thread's stack (for a panic that ends the process), then lets the previous hook (std's:
+/// the message on stderr) run as before.
 pub fn install_panic_hook() {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if let Some(at) = info.location() {
             let at = format!("{}:{}:{}", at.file(), at.line(), at.column());
-            PANIC_AT.with(|p| *p.borrow_mut() = Some(at));
+            let bt = std::backtrace::Backtrace::force_capture();
+            PANIC_AT.with(|p| *p.borrow_mut() = Some((at, bt)));
+        }
+        if CRASH_FD.load(Ordering::SeqCst) >= 0 {
+            let mut frames: (Vec<u64>, usize) = (Vec::with_capacity(64), 0);
+            // SAFETY: `frames` outlives the call; `push_frame` only appends to it.
+            unsafe { _Unwind_Backtrace(push_frame, (&mut frames as *mut (Vec<u64>, usize)).cast()) };
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() } as u64;
+            let name = std::thread::current().name().unwrap_or("").to_string();
+            let name = std::fs::read_to_string("/proc/thread-self/comm")
+                .map(|s| s.trim().to_string())
+                .unwrap_or(name);
+            if let Ok(mut last) = LAST_PANIC.lock() {
+                *last = Some((tid, name, frames.0));
+            }
         }
         previous(info);
     }));
 }
 
-/// The place of this thread's last panic, once.
-pub fn take_panic_location() -> Option<String> {
+/// The place and backtrace of this thread's last panic, once.
+pub fn take_panic() -> Option<(String, std::backtrace::Backtrace)> {
     PANIC_AT.with(|p| p.borrow_mut().take())
 }
+
+/// The place of this thread's last panic, once.
+pub fn take_panic_location() -> Option<String> {
+    take_panic().map(|(at, _)| at)
+}
+
+/// The unwinder's callback for a panic: every frame into the Vec.
+extern "C" fn push_frame(ctx: *mut libc::c_void, arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `(Vec, count)` pair the hook passed; `ctx` the unwinder's.
+    let (frames, _) = unsafe { &mut *(arg as *mut (Vec<u64>, usize)) };
+    let ip = unsafe { _Unwind_GetIP(ctx) } as u64;
+    if ip == 0 || frames.len() >= MAX_FRAMES + 64 {
+        return 5;
+    }
+    frames.push(ip);
+    0
+}
+
+/// At exit (`exit(3)`, which a panic out of `main` and `VIGIL_FAULT=panic` end in): the
+/// last panic's stack to the crash pipe. The supervisor reads it only for exit code 101.
+extern "C" fn write_last_panic() {
+    let fd = CRASH_FD.load(Ordering::SeqCst);
+    let Some((tid, name, frames)) = LAST_PANIC.lock().ok().and_then(|mut l| l.take()) else { return };
+    if fd < 0 || ENTERED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let mut out = Out { fd, buf: [0; 1024], len: 0 };
+    out.bytes(b"VIGIL-CRASH 1\ncapture in_process\nkind panic\nsignal 0\ntid ");
+    out.dec(tid);
+    out.bytes(b"\npc 0\nthread ");
+    out.bytes(name.as_bytes());
+    out.bytes(b"\n");
+    for ip in frames {
+        out.bytes(b"frame ");
+        out.hex(ip);
+        out.bytes(b"\n");
+    }
+    out.bytes(b"maps\n");
+    out.file(b"/proc/self/maps\0", 1 << 20);
+    out.bytes(b"end\n");
+    out.flush();
+}
+
 static ENTERED: AtomicBool = AtomicBool::new(false);
 
 /// Installs the handlers when the supervisor handed down a crash pipe (`VIGIL_CRASH_FD`);
@@ -86,6 +167,20 @@ pub fn install() -> bool {
         return false;
     }
     CRASH_FD.store(fd, Ordering::SeqCst);
+    let mode = match std::env::var(MODE_ENV).as_deref() {
+        Ok("auto") => 1,
+        Ok("ptrace") => 2,
+        _ => 0,
+    };
+    MODE.store(mode, Ordering::SeqCst);
+    // SAFETY: registering a plain extern "C" fn.
+    unsafe { libc::atexit(write_last_panic) };
+    if mode != 0 {
+        // Under Yama's ptrace_scope 1, only an ancestor may trace us: let the supervisor's
+        // helper (its child, our sibling) do it. Without Yama this is refused, harmlessly.
+        // SAFETY: prctl with plain integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_PTRACER, libc::getppid() as libc::c_ulong, 0, 0, 0) };
+    }
     // SAFETY: mmap of fresh anonymous memory, handed to sigaltstack, never unmapped (the
     // thread it serves lives as long as the process).
     unsafe {
@@ -222,6 +317,81 @@ unsafe fn fault_pc(ctx: *mut libc::c_void) -> u64 {
     }
 }
 
+/// The stack pointer and frame pointer where the signal struck (0 when unknown).
+///
+/// SAFETY: as [`fault_pc`].
+unsafe fn fault_sp_fp(ctx: *mut libc::c_void) -> (u64, u64) {
+    if ctx.is_null() {
+        return (0, 0);
+    }
+    let uc = ctx as *const libc::ucontext_t;
+    #[cfg(target_arch = "x86_64")]
+    {
+        let g = &(*uc).uc_mcontext.gregs;
+        (g[libc::REG_RSP as usize] as u64, g[libc::REG_RBP as usize] as u64)
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        ((*uc).uc_mcontext.sp, (*uc).uc_mcontext.regs[29])
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = uc;
+        (0, 0)
+    }
+}
+
+/// Asks the supervisor to take this thread's stack from outside and waits for its answer
+/// (one byte; `None` when none came in time).
+///
+/// SAFETY: async-signal-safe calls only; `ctx` as for [`fault_pc`].
+unsafe fn ask_for_ptrace(fd: i32, sig: i32, ctx: *mut libc::c_void) -> Option<u8> {
+    let mut out = Out { fd, buf: [0; 1024], len: 0 };
+    let (sp, fp) = fault_sp_fp(ctx);
+    out.bytes(ASK_PTRACE.as_bytes());
+    out.bytes(b" ");
+    out.dec(libc::gettid() as u64);
+    out.bytes(b" ");
+    out.dec(sig as u64);
+    out.bytes(b" ");
+    out.hex(fault_pc(ctx));
+    out.bytes(b" ");
+    out.hex(sp);
+    out.bytes(b" ");
+    out.hex(fp);
+    out.bytes(b"\n");
+    out.flush();
+    let now_ms = || {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
+    };
+    let until = now_ms() + ANSWER_WITHIN_MS;
+    loop {
+        let left = until - now_ms();
+        if left <= 0 {
+            return None;
+        }
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let n = libc::poll(&mut p, 1, left as libc::c_int);
+        if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue; // the tracer stopped us, or another signal: wait on
+        }
+        if n <= 0 {
+            return None;
+        }
+        let mut answer = 0u8;
+        let r = libc::read(fd, (&mut answer as *mut u8).cast(), 1);
+        if r == 1 {
+            return Some(answer);
+        }
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        return None;
+    }
+}
+
 #[allow(non_camel_case_types)]
 type _Unwind_Trace_Fn = extern "C" fn(*mut libc::c_void, *mut libc::c_void) -> libc::c_int;
 
@@ -248,7 +418,18 @@ extern "C" fn on_frame(ctx: *mut libc::c_void, arg: *mut libc::c_void) -> libc::
 extern "C" fn handler(sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     let fd = CRASH_FD.load(Ordering::SeqCst);
     // A second fatal signal while capturing (the capture itself crashed): just die of it.
-    if fd >= 0 && !ENTERED.swap(true, Ordering::SeqCst) {
+    let mut unwind_here = fd >= 0 && !ENTERED.swap(true, Ordering::SeqCst);
+    if unwind_here && MODE.load(Ordering::SeqCst) != 0 {
+        // SAFETY: async-signal-safe; the kernel's ucontext.
+        let answer = unsafe { ask_for_ptrace(fd, sig, ctx) };
+        unwind_here = match answer {
+            Some(UNWIND_HERE) => true,
+            Some(_) => false,
+            // No answer: a supervisor that is gone or stuck; `auto` still unwinds here.
+            None => MODE.load(Ordering::SeqCst) == 1,
+        };
+    }
+    if unwind_here {
         let mut state = (Out { fd, buf: [0; 1024], len: 0 }, 0usize);
         let out = &mut state.0;
         out.bytes(b"VIGIL-CRASH 1\nsignal ");

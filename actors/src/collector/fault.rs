@@ -16,6 +16,9 @@ pub enum FaultKind {
     SegvLibc,
     /// Unbounded recursion into the stack's guard page.
     StackOverflow,
+    /// Allocates and touches memory until the kernel's OOM killer ends it (only under a
+    /// memory limit).
+    Oom,
     Abort,
     Panic,
     Hang,
@@ -73,6 +76,7 @@ impl Fault {
                 "segv" => FaultKind::Segv,
                 "segv-libc" => FaultKind::SegvLibc,
                 "stack-overflow" => FaultKind::StackOverflow,
+                "oom" => FaultKind::Oom,
                 "abort" => FaultKind::Abort,
                 "panic" => FaultKind::Panic,
                 "hang" => FaultKind::Hang,
@@ -145,6 +149,20 @@ pub fn stack_overflow(depth: u64) -> u64 {
     let buf = std::hint::black_box([depth as u8; 512]);
     let below = stack_overflow(std::hint::black_box(depth + 1));
     below + u64::from(buf[(depth % 512) as usize])
+}
+
+/// Allocates memory 16 MiB at a time and touches every page (so it is really resident),
+/// never freeing it, until the kernel kills the process: run it only under a memory limit
+/// (a memory cgroup), where the OOM killer picks this process.
+pub fn oom() -> ! {
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut chunk = vec![0u8; 16 << 20];
+        for page in chunk.chunks_mut(4096) {
+            page[0] = 1;
+        }
+        held.push(std::hint::black_box(chunk));
+    }
 }
 
 /// An uncaught panic on the main thread: the standard hook prints the message (and the

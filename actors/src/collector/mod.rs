@@ -223,6 +223,7 @@ fn inject(kind: FaultKind) {
             crate::collector::fault::stack_overflow(0);
             std::process::abort()
         }
+        FaultKind::Oom => crate::collector::fault::oom(),
         FaultKind::Abort => std::process::abort(),
         FaultKind::Hang => crate::collector::fault::hang(),
         FaultKind::Exit(code) => std::process::exit(code),
@@ -241,10 +242,29 @@ fn inject(kind: FaultKind) {
 /// A caught panic as a collector's `last_error`: `panicked at FILE:LINE:COL: MESSAGE`
 /// (CONTRACT §6), the place from the panic hook
 /// ([`crate::collector::crash_capture::install_panic_hook`]).
+/// The panic's backtrace is logged once per place (a collector that panics every tick
+/// would otherwise fill the log with the same trace).
 fn panic_error(p: &Box<dyn std::any::Any + Send>) -> String {
+    static LOGGED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let message = panic_message(p);
-    match crate::collector::crash_capture::take_panic_location() {
-        Some(at) => format!("panicked at {at}: {message}"),
+    match crate::collector::crash_capture::take_panic() {
+        Some((at, backtrace)) => {
+            let first = LOGGED
+                .lock()
+                .map(|mut l| {
+                    !l.contains(&at) && {
+                        l.push(at.clone());
+                        true
+                    }
+                })
+                .unwrap_or(false);
+            if first {
+                tracing::error!(
+                    "A collector panicked at {at}: {message}; the panic was caught and the collector keeps running. Backtrace (logged once per place):\n{backtrace}"
+                );
+            }
+            format!("panicked at {at}: {message}")
+        }
         None => format!("panicked: {message}"),
     }
 }

@@ -195,6 +195,7 @@ impl Handler<FireFault> for ParentLink {
                 fault::stack_overflow(0);
                 std::process::abort()
             }
+            FaultKind::Oom => fault::oom(),
             FaultKind::Abort => std::process::abort(),
             FaultKind::Panic => fault::panic_now(),
             FaultKind::Hang => fault::hang(),

@@ -54,7 +54,24 @@ pub struct SpawnSpec {
     /// caller also sets `VIGIL_CRASH_FD`); what its crash handler writes there arrives in
     /// [`ChildExited::crash_capture`].
     pub crash_pipe: bool,
+    /// Take the stack of a fatal signal from outside, with this helper (`vigil
+    /// stack-dump`), when the crash handler asks for it.
+    pub ptrace: Option<PtraceHelper>,
 }
+
+/// How the crash handler's request for a capture from outside is served.
+#[derive(Debug, Clone)]
+pub struct PtraceHelper {
+    /// The `vigil` binary whose `stack-dump` takes the stack.
+    pub program: PathBuf,
+    /// When ptrace fails, let the handler unwind in process (`auto`); otherwise the report
+    /// gets the failure as its `stack_error` (`ptrace`).
+    pub fallback: bool,
+}
+
+/// How long the helper may take to capture a dying thread's stack; past it the handler is
+/// told to go on without it.
+pub const PTRACE_WITHIN: Duration = Duration::from_millis(1000);
 
 /// The most a crash capture may hold (the frames and the dead process's memory map).
 const CRASH_CAPTURE_MAX: usize = 4 << 20;
@@ -137,8 +154,11 @@ pub struct ChildExited {
     pub uptime: Duration,
     pub stderr_tail: Vec<u8>,
     pub stderr_total: u64,
-    /// What the collector's crash handler wrote to the crash pipe (empty when nothing).
+    /// The raw capture of the crash (empty when nothing): what `vigil stack-dump` took from
+    /// outside, or what the collector's crash handler wrote to the crash pipe.
     pub crash_capture: Vec<u8>,
+    /// Why the capture from outside failed, when it did.
+    pub capture_error: Option<String>,
 }
 
 /// Where a ChildProcess reports.
@@ -169,7 +189,7 @@ pub struct Kill;
 enum PipeEvent {
     StdoutEof,
     StderrEof,
-    CrashEof(Vec<u8>),
+    CrashEof(Vec<u8>, Option<String>),
     Exited(ExitInfo, Instant),
     WaitFailed(String),
 }
@@ -192,6 +212,8 @@ pub struct ChildProcess {
     /// The crash pipe reached EOF (true from the start without one).
     crash_eof: bool,
     crash_capture: Vec<u8>,
+    capture_error: Option<String>,
+    ptrace: Option<PtraceHelper>,
     reported: bool,
     /// Spawn parts handed to `started`.
     pending: Option<Pending>,
@@ -202,19 +224,7 @@ struct Pending {
     stdin: tokio::process::ChildStdin,
     stdout: tokio::process::ChildStdout,
     stderr: tokio::process::ChildStderr,
-    crash: Option<tokio::net::unix::pipe::Receiver>,
-}
-
-/// A pipe whose ends are both close-on-exec: (read, write).
-fn cloexec_pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
-    use std::os::fd::FromRawFd;
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills the two descriptors, which we then own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fresh descriptors from pipe2, owned by nothing else.
-    Ok(unsafe { (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1])) })
+    crash: Option<tokio::net::UnixStream>,
 }
 
 impl ChildProcess {
@@ -231,7 +241,9 @@ impl ChildProcess {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let parent = std::process::id() as libc::pid_t;
-        let crash = if spec.crash_pipe { Some(cloexec_pipe()?) } else { None };
+        // A socket rather than a pipe: the handler may ask for a capture from outside and
+        // wait for the answer on it. Both ends are close-on-exec.
+        let crash = if spec.crash_pipe { Some(std::os::unix::net::UnixStream::pair()?) } else { None };
         let crash_w = crash.as_ref().map(|(_, w)| std::os::fd::AsRawFd::as_raw_fd(w));
         // SAFETY: only async-signal-safe calls (prctl, getppid, setpgid) and no allocation
         // between fork and exec.
@@ -267,7 +279,8 @@ impl ChildProcess {
         let crash = match crash {
             Some((r, w)) => {
                 drop(w);
-                Some(tokio::net::unix::pipe::Receiver::from_owned_fd(r)?)
+                r.set_nonblocking(true)?;
+                Some(tokio::net::UnixStream::from_std(r)?)
             }
             None => None,
         };
@@ -290,6 +303,8 @@ impl ChildProcess {
             stderr_eof: false,
             crash_eof: crash.is_none(),
             crash_capture: Vec::new(),
+            capture_error: None,
+            ptrace: spec.ptrace,
             reported: false,
             pending: Some(Pending { child, stdin, stdout, stderr, crash }),
         };
@@ -315,6 +330,7 @@ impl ChildProcess {
             stderr_tail: tail.bytes(),
             stderr_total: tail.total(),
             crash_capture: std::mem::take(&mut self.crash_capture),
+            capture_error: self.capture_error.take(),
         });
         ctx.stop();
     }
@@ -353,21 +369,12 @@ impl Actor for ChildProcess {
             err_addr.do_send(PipeEvent::StderrEof);
         });
 
-        if let Some(mut crash) = crash {
+        if let Some(crash) = crash {
             let crash_addr = me.clone();
+            let (pid, ptrace) = (self.pid, self.ptrace.clone());
             actix_rt::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    match crash.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            let room = CRASH_CAPTURE_MAX.saturating_sub(got.len());
-                            got.extend_from_slice(&buf[..n.min(room)]);
-                        }
-                    }
-                }
-                crash_addr.do_send(PipeEvent::CrashEof(got));
+                let (got, error) = read_crash(crash, pid, ptrace).await;
+                crash_addr.do_send(PipeEvent::CrashEof(got, error));
             });
         }
 
@@ -383,6 +390,62 @@ impl Actor for ChildProcess {
             me.do_send(ev);
         });
     }
+}
+
+/// Reads the crash socket to EOF (at most [`CRASH_CAPTURE_MAX`]). When the handler asks for
+/// a capture from outside (its first line is
+/// [`crate::collector::crash_capture::ASK_PTRACE`]), runs the helper while it waits, and
+/// answers whether it got the stack; the helper's capture then replaces whatever follows.
+async fn read_crash(
+    mut sock: tokio::net::UnixStream,
+    pid: u32,
+    ptrace: Option<PtraceHelper>,
+) -> (Vec<u8>, Option<String>) {
+    use crate::collector::crash_capture::{ASK_PTRACE, GIVE_UP, TAKEN, UNWIND_HERE};
+    let mut got = Vec::new();
+    let mut taken: Option<Vec<u8>> = None;
+    let mut error = None;
+    let mut asked = false;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match sock.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = CRASH_CAPTURE_MAX.saturating_sub(got.len());
+                got.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+        if asked || !got.starts_with(ASK_PTRACE.as_bytes()) {
+            continue;
+        }
+        let Some(nl) = got.iter().position(|&b| b == b'\n') else { continue };
+        asked = true;
+        let line = String::from_utf8_lossy(&got[..nl]).into_owned();
+        got.drain(..=nl);
+        let answer = match &ptrace {
+            None => UNWIND_HERE,
+            Some(h) => {
+                match crate::supervisor::stack::dump_crashed_thread(&h.program, pid, &line, PTRACE_WITHIN)
+                    .await
+                {
+                    Ok(capture) => {
+                        taken = Some(capture);
+                        TAKEN
+                    }
+                    Err(e) if h.fallback => {
+                        tracing::warn!(pid, error = %e, "Could not take the dying collector's stack with ptrace; it unwinds itself instead (in_process).");
+                        UNWIND_HERE
+                    }
+                    Err(e) => {
+                        error = Some(e);
+                        GIVE_UP
+                    }
+                }
+            }
+        };
+        let _ = sock.write_all(&[answer]).await;
+    }
+    (taken.unwrap_or(got), error)
 }
 
 async fn read_stdout(
@@ -471,9 +534,10 @@ impl Handler<PipeEvent> for ChildProcess {
                 }
             }
             PipeEvent::StderrEof => self.stderr_eof = true,
-            PipeEvent::CrashEof(bytes) => {
+            PipeEvent::CrashEof(bytes, error) => {
                 self.crash_eof = true;
                 self.crash_capture = bytes;
+                self.capture_error = error;
             }
             PipeEvent::Exited(info, at) => {
                 self.exit = Some((info, at));

@@ -30,6 +30,10 @@ pub struct LastExit {
     /// What the supervisor saw beyond the exit status (e.g. stdout closed while alive).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// For a SIGKILL: whether the kernel's OOM killer sent it (null when unknown, and for
+    /// every other end).
+    #[serde(default)]
+    pub oom_killed: Option<bool>,
 }
 
 /// `ID.json`.
@@ -71,6 +75,9 @@ pub struct Forensics {
     /// Why there is no stack, when a death by a fatal signal has none.
     #[serde(default)]
     pub stack_error: Option<String>,
+    /// For a hang: every thread of the collector with its stack, taken before the SIGKILL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<Vec<crate::supervisor::stack::ThreadStack>>,
     /// The panic that ended the process, as its stderr says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub panic: Option<Panic>,
@@ -271,6 +278,7 @@ mod tests {
                 collector_in_flight: None,
                 crash_report: Some(id.into()),
                 detail: None,
+                oom_killed: None,
             },
             stderr_total_bytes: 5,
             stderr_kept_bytes: 5,

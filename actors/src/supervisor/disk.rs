@@ -238,6 +238,7 @@ mod tests {
                 collector_in_flight: None,
                 crash_report: Some(id.into()),
                 detail: None,
+                oom_killed: None,
             },
             stderr_total_bytes: 1,
             stderr_kept_bytes: 1,

@@ -34,6 +34,7 @@ pub mod crash_report;
 pub mod disk;
 pub mod heartbeat;
 pub mod module;
+pub mod oom;
 pub mod policy;
 pub mod sd_notify;
 pub mod stack;
@@ -52,7 +53,7 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use crate::collector::collectors::{CollectorsConfig, NAMES};
-use crate::config::SupervisorConfig;
+use crate::config::{StackCapture, SupervisorConfig};
 use crate::ipc::{FromCollector, ToCollector};
 use crate::sample::Sample;
 use crate::signals::signal_name;
@@ -306,6 +307,9 @@ struct PendingReport {
 
 /// How long the symbolizer gets; past it the report is written with `stack_error`.
 pub const SYMBOLIZE_WITHIN: Duration = Duration::from_secs(2);
+/// How long the SIGKILL of a hung collector waits for its threads' stacks at most
+/// (CONTRACT §6).
+pub const HANG_CAPTURE_WITHIN: Duration = Duration::from_secs(2);
 
 /// How one end of the collector is counted: reason, signal name, exit code, signature.
 type CrashKey = (String, Option<String>, Option<i32>, Option<String>);
@@ -330,6 +334,10 @@ struct Current {
     /// Why it was asked to stop so that a new one replaces it (new settings or module):
     /// its exit is not a crash and the next incarnation starts at once.
     restart_for: Option<&'static str>,
+    /// Every thread's stack, taken before the SIGKILL of a hang (or why not).
+    hang_capture: Option<Result<Vec<u8>, String>>,
+    /// The OOM-kill counts while it lives, to tell whether a SIGKILL was the OOM killer's.
+    oom: oom::OomWatch,
 }
 
 pub struct Supervisor {
@@ -491,9 +499,10 @@ impl Supervisor {
 
     /// A crash happened while `name` was collecting: count it, and quarantine the collector
     /// once it has caused `quarantine_after_crashes` crashes.
-    fn attribute_crash(&mut self, ctx: &mut Context<Self>, name: &str) {
+    /// Blames a crash on collector `name`; whether that started its quarantine.
+    fn attribute_crash(&mut self, ctx: &mut Context<Self>, name: &str) -> bool {
         self.stats.entry(name.to_string()).or_default().crashes_total += 1;
-        let Some((d, until)) = self.quarantine.on_crash(name, Instant::now()) else { return };
+        let Some((d, until)) = self.quarantine.on_crash(name, Instant::now()) else { return false };
         let cfg = &self.settings.config;
         tracing::error!(
             collector = name,
@@ -503,6 +512,11 @@ impl Supervisor {
             cfg.quarantine_after_crashes,
             until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         );
+        // Blamed after the restart (a stack moved the blame here): the running collector
+        // drops it now.
+        if let Some(cur) = &self.current {
+            cur.addr.do_send(self.configure_message());
+        }
         let name = name.to_string();
         ctx.run_later(d, move |this, _| {
             if this.quarantine.end_if_over(&name, Instant::now()) {
@@ -512,6 +526,32 @@ impl Supervisor {
                 }
             }
         });
+        true
+    }
+
+    /// The stack shows that the crash was not the in-flight collector's: takes the blame (and
+    /// any quarantine it started) back from it, and gives it to the collector on the stack.
+    fn move_blame(&mut self, ctx: &mut Context<Self>, from: Option<(String, bool)>, to: Option<String>) {
+        if let Some((name, quarantined)) = &from {
+            if let Some(st) = self.stats.get_mut(name) {
+                st.crashes_total = st.crashes_total.saturating_sub(1);
+            }
+            self.quarantine.withdraw(name, *quarantined);
+            tracing::info!(
+                collector = %name,
+                on_stack = to.as_deref(),
+                "The crash's stack does not show collector {name}, which was in flight; the crash is not counted against it{}.",
+                if *quarantined { " and its quarantine is lifted" } else { "" }
+            );
+            if *quarantined {
+                if let Some(cur) = &self.current {
+                    cur.addr.do_send(self.configure_message());
+                }
+            }
+        }
+        if let Some(name) = to {
+            self.attribute_crash(ctx, &name);
+        }
     }
 
     fn collector_entries(&self) -> Vec<CollectorEntry> {
@@ -560,10 +600,18 @@ impl Supervisor {
         let mut env = self.settings.env.clone();
         env.push(("VIGIL_INCARNATION".into(), incarnation.to_string().into()));
         let crash_pipe = self.capture_on();
+        let capture = self.settings.config.stack_capture;
         if crash_pipe {
             let fd = crate::collector::crash_capture::FD.to_string();
             env.push((crate::collector::crash_capture::FD_ENV.into(), fd.into()));
+            env.push((crate::collector::crash_capture::MODE_ENV.into(), capture.as_str().into()));
         }
+        let ptrace = match capture {
+            StackCapture::Auto => Some(true),
+            StackCapture::Ptrace => Some(false),
+            StackCapture::InProcess | StackCapture::Off => None,
+        }
+        .map(|fallback| child_process::PtraceHelper { program: self.settings.program.clone(), fallback });
         let mut program = self.settings.program.clone();
         if let Some((path, (k, v))) = self.modules.program() {
             program = path;
@@ -576,6 +624,7 @@ impl Supervisor {
             incarnation,
             stderr_tail_bytes: self.settings.config.stderr_tail_bytes as usize,
             crash_pipe,
+            ptrace,
         };
         let me = ctx.address();
         let events = ChildEvents {
@@ -616,6 +665,8 @@ impl Supervisor {
                     kill_reason: None,
                     in_flight: None,
                     restart_for: None,
+                    hang_capture: None,
+                    oom: oom::OomWatch::take(pid),
                 });
             }
             Err(e) => {
@@ -692,7 +743,39 @@ impl Supervisor {
 
     /// Whether collectors get a crash pipe and their crash handler.
     fn capture_on(&self) -> bool {
-        self.settings.config.stack_capture != crate::config::StackCapture::Off
+        self.settings.config.stack_capture != StackCapture::Off
+    }
+
+    /// Whether stacks may be taken from outside with ptrace (a hang's need it).
+    fn ptrace_on(&self) -> bool {
+        matches!(self.settings.config.stack_capture, StackCapture::Auto | StackCapture::Ptrace)
+    }
+
+    /// Takes every thread's stack of the hung collector (at most [`HANG_CAPTURE_WITHIN`]),
+    /// then kills it; the capture waits in [`Current::hang_capture`] for its report.
+    fn capture_then_kill(&mut self, ctx: &mut Context<Self>, reason: KillReason) {
+        let ptrace = self.ptrace_on();
+        let mode = self.settings.config.stack_capture.as_str();
+        let Some(c) = &mut self.current else { return };
+        if c.kill_reason.is_some() {
+            return; // already being killed (or captured)
+        }
+        c.kill_reason = Some(reason);
+        if !ptrace {
+            c.hang_capture = Some(Err(format!(
+                "a hang's threads are taken with ptrace, and supervisor.stack_capture is \"{mode}\""
+            )));
+            c.addr.do_send(Kill);
+            return;
+        }
+        let (pid, incarnation) = (c.pid, c.incarnation);
+        let fut = stack::dump_all_threads(self.settings.program.clone(), pid, HANG_CAPTURE_WITHIN);
+        ctx.spawn(fut.into_actor(self).map(move |res, this, _| {
+            if let Some(c) = this.current.as_mut().filter(|c| c.incarnation == incarnation) {
+                c.hang_capture = Some(res);
+                c.addr.do_send(Kill);
+            }
+        }));
     }
 
     /// The report is complete (with its stack when there is one): log the crash, count it
@@ -702,7 +785,11 @@ impl Supervisor {
         let e = &r.exit;
         let id = r.id.as_str();
         let f = &r.forensics;
-        let at = f.stack.as_deref().and_then(stack::innermost_own);
+        let at = f
+            .stack
+            .as_deref()
+            .or_else(|| f.threads.as_ref().and_then(|t| t.first()).map(|t| t.stack.as_slice()))
+            .and_then(stack::innermost_own);
         let place = at.map(|f| format!(" in {f}")).unwrap_or_default();
         let how = &p.how;
         if p.stopping {
@@ -840,6 +927,9 @@ impl Handler<HeartbeatObserved> for Supervisor {
         if self.is_current(h.incarnation) {
             self.last_ack = Some(h.at);
             self.rtt = Some(h.rtt);
+            if let Some(c) = &mut self.current {
+                c.oom.refresh();
+            }
             // Published before systemd hears READY=1, so /status already shows the ack.
             self.publish();
             if self.notified_incarnation != h.incarnation {
@@ -863,7 +953,7 @@ impl Handler<HeartbeatObserved> for Supervisor {
 impl Handler<ChildUnresponsive> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, m: ChildUnresponsive, _: &mut Context<Self>) {
+    fn handle(&mut self, m: ChildUnresponsive, ctx: &mut Context<Self>) {
         if !self.is_current(m.incarnation) || self.state == State::Stopping {
             return;
         }
@@ -874,14 +964,14 @@ impl Handler<ChildUnresponsive> for Supervisor {
             "Collector unresponsive: no heartbeat ack for {:.1} s; killing it (SIGKILL).",
             m.silent_for.as_secs_f64()
         );
-        self.kill_current(KillReason::Unresponsive);
+        self.capture_then_kill(ctx, KillReason::Unresponsive);
     }
 }
 
 impl Handler<ChildStdoutClosed> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, m: ChildStdoutClosed, _: &mut Context<Self>) {
+    fn handle(&mut self, m: ChildStdoutClosed, ctx: &mut Context<Self>) {
         if !self.is_current(m.incarnation) || self.state == State::Stopping || self.restarting() {
             return;
         }
@@ -889,7 +979,7 @@ impl Handler<ChildStdoutClosed> for Supervisor {
             pid = m.pid,
             "Collector closed its stdout but is still running; it can no longer answer, so it is unresponsive. Killing it (SIGKILL)."
         );
-        self.kill_current(KillReason::StdoutClosed);
+        self.capture_then_kill(ctx, KillReason::StdoutClosed);
     }
 }
 
@@ -939,6 +1029,7 @@ impl Handler<ChildExited> for Supervisor {
             collector_in_flight: cur.in_flight.clone(),
             crash_report: None,
             detail,
+            oom_killed: (exit.signal == Some(libc::SIGKILL)).then(|| cur.oom.killed()).flatten(),
         };
         if !stopping {
             *self
@@ -946,12 +1037,16 @@ impl Handler<ChildExited> for Supervisor {
                 .entry((reason.to_string(), last.signal_name.clone(), exit.code, None))
                 .or_default() += 1;
         }
-        if abnormal && !stopping {
-            if let Some(name) = &cur.in_flight {
-                self.attribute_crash(ctx, name);
-            }
-        }
+        // The crash is blamed on the collector in flight at once (the next incarnation must
+        // know whether it is quarantined), and moved once the stack is read if that shows
+        // another collector, or none (the one in flight may merely have held the collection
+        // lock when the process was killed from outside).
+        let blamed = cur.in_flight.clone().filter(|_| abnormal && !stopping).map(|name| {
+            let quarantined = self.attribute_crash(ctx, &name);
+            (name, quarantined)
+        });
         let how = match (&last.signal_name, exit.code) {
+            (Some(_), _) if last.oom_killed == Some(true) => "killed by the OOM killer (SIGKILL)".to_string(),
             (Some(s), _) => format!("killed by {s}{}", if exit.core_dumped { " (core dumped)" } else { "" }),
             (None, Some(c)) => format!("exited with code {c}"),
             (None, None) => "ended".to_string(),
@@ -978,40 +1073,67 @@ impl Handler<ChildExited> for Supervisor {
                 report.forensics.panic = crash_report::Panic::from_stderr(&ev.stderr_tail);
             }
             let pending = PendingReport { report, stderr_tail: ev.stderr_tail, stopping, how: how.clone() };
-            match (fatal, self.capture_on(), ev.crash_capture.is_empty()) {
-                (true, true, false) => {
+            // The raw capture to symbolize, or why there is none; `None`: no stack expected.
+            let hang = cur.hang_capture.filter(|_| reason == "unresponsive");
+            let panicked = exit.code == Some(101);
+            let raw: Option<Result<Vec<u8>, String>> = if hang.is_some() {
+                hang
+            } else if !(fatal || panicked) {
+                None
+            } else if !self.capture_on() {
+                fatal.then(|| Err("supervisor.stack_capture is \"off\"".into()))
+            } else if !ev.crash_capture.is_empty() {
+                Some(Ok(ev.crash_capture))
+            } else if let Some(e) = ev.capture_error {
+                Some(Err(e))
+            } else {
+                fatal.then(|| {
+                    Err("the collector's crash handler wrote no stack (it died before the handler ran, or the handler itself failed)".into())
+                })
+            };
+            match raw {
+                Some(Ok(capture)) => {
                     // Symbolized in a helper process; the restart below does not wait for it.
                     let program = self.settings.program.clone();
-                    let fut = stack::symbolize_in_helper(program, ev.crash_capture, SYMBOLIZE_WITHIN);
-                    ctx.spawn(fut.into_actor(self).map(move |res, this, _| {
+                    let fut = stack::symbolize_in_helper(program, capture, SYMBOLIZE_WITHIN);
+                    ctx.spawn(fut.into_actor(self).map(move |res, this, ctx| {
                         let mut pending = pending;
                         let f = &mut pending.report.forensics;
+                        if let Ok(s) = &res {
+                            let stack = s.threads.first().map_or(s.stack.as_slice(), |t| t.stack.as_slice());
+                            let on_stack = stack::collector_on_stack(stack, NAMES);
+                            if !pending.stopping && on_stack != blamed.as_ref().map(|b| b.0.clone()) {
+                                this.move_blame(ctx, blamed, on_stack);
+                            }
+                        }
                         match res {
                             Ok(s) => {
-                                f.signature = stack::signature(&s.stack);
-                                f.thread = Some(s.thread);
-                                f.frames_omitted = s.frames_omitted;
-                                f.stack = Some(s.stack);
-                                f.capture = Some("in_process".into());
+                                let capture =
+                                    if s.capture.is_empty() { "in_process".into() } else { s.capture };
+                                f.capture = Some(capture);
+                                if s.threads.is_empty() {
+                                    f.signature = stack::signature(&s.stack);
+                                    f.thread = Some(s.thread);
+                                    f.frames_omitted = s.frames_omitted;
+                                    f.stack = Some(s.stack);
+                                } else {
+                                    // A hang: the signature of where the first (main) thread,
+                                    // the collectors' own, was stuck.
+                                    f.signature = s.threads.first().and_then(|t| stack::signature(&t.stack));
+                                    f.threads = Some(s.threads);
+                                }
                             }
                             Err(e) => f.stack_error = Some(e),
                         }
                         this.finish_report(pending);
                     }));
                 }
-                (true, true, true) => {
+                Some(Err(e)) => {
                     let mut pending = pending;
-                    pending.report.forensics.stack_error = Some(
-                        "the collector's crash handler wrote no stack (it died before the handler ran, or the handler itself failed)".into(),
-                    );
+                    pending.report.forensics.stack_error = Some(e);
                     self.finish_report(pending);
                 }
-                (true, false, _) => {
-                    let mut pending = pending;
-                    pending.report.forensics.stack_error = Some("supervisor.stack_capture is \"off\"".into());
-                    self.finish_report(pending);
-                }
-                (false, _, _) => self.finish_report(pending),
+                None => self.finish_report(pending),
             }
         } else if !stopping {
             tracing::warn!(
@@ -1120,6 +1242,7 @@ mod tests {
                     collector_in_flight: None,
                     crash_report: Some("R1".into()),
                     detail: None,
+                    oom_killed: None,
                 }),
                 spawn_error: None,
                 module: ModuleStatus::builtin("v"),

@@ -118,6 +118,17 @@ impl Quarantine {
         Some((self.duration, until))
     }
 
+    /// Takes back the last crash counted against `name` (`quarantined`: it started a
+    /// quarantine, which is lifted).
+    pub fn withdraw(&mut self, name: &str, quarantined: bool) {
+        if quarantined {
+            self.until.remove(name);
+            self.crashes.insert(name.to_string(), self.after.saturating_sub(1));
+        } else if let Some(n) = self.crashes.get_mut(name) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
     /// Ends `name`'s quarantine if its time is up at `now`; whether it did.
     pub fn end_if_over(&mut self, name: &str, now: Instant) -> bool {
         if self.until.get(name).is_some_and(|(end, _)| *end <= now) {

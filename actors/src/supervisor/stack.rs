@@ -16,6 +16,18 @@ pub struct Mapping {
     pub end: u64,
     pub offset: u64,
     pub path: String,
+    /// Mapped executable (`x` in its permissions).
+    pub executable: bool,
+}
+
+/// One thread of a capture of every thread (a hang).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    pub tid: u64,
+    pub name: String,
+    pub frames: Vec<u64>,
+    /// Frames past the ones written.
+    pub omitted: usize,
 }
 
 /// What the crash handler wrote.
@@ -28,6 +40,14 @@ pub struct Capture {
     pub thread: String,
     /// Return addresses as the unwinder found them, the handler's own frames first.
     pub frames: Vec<u64>,
+    /// Frames of the crashing thread past the ones written.
+    pub omitted: usize,
+    /// `ptrace` (taken from outside by `vigil stack-dump`) or `in_process` (the handler).
+    pub capture: String,
+    /// Every thread, for a hang (empty for a crash).
+    pub tasks: Vec<Task>,
+    /// The stack of a panic (taken in the panic hook), not of a signal.
+    pub panic: bool,
     pub maps: Vec<Mapping>,
 }
 
@@ -43,8 +63,18 @@ impl Capture {
         if lines.next() != Some("VIGIL-CRASH 1") {
             return Err("the crash pipe held no capture".into());
         }
-        let mut c =
-            Capture { signal: 0, tid: 0, pc: 0, thread: String::new(), frames: Vec::new(), maps: Vec::new() };
+        let mut c = Capture {
+            signal: 0,
+            tid: 0,
+            pc: 0,
+            thread: String::new(),
+            frames: Vec::new(),
+            omitted: 0,
+            capture: "in_process".into(),
+            tasks: Vec::new(),
+            panic: false,
+            maps: Vec::new(),
+        };
         let mut in_maps = false;
         let mut complete = false;
         for line in lines {
@@ -53,7 +83,7 @@ impl Capture {
                     complete = true;
                     break;
                 }
-                if let Some(m) = parse_map(line) {
+                if let Some(m) = parse_map_line(line) {
                     c.maps.push(m);
                 }
                 continue;
@@ -66,7 +96,28 @@ impl Capture {
                 "tid" => c.tid = value.trim().parse().unwrap_or(0),
                 "pc" => c.pc = hex(value).unwrap_or(0),
                 "thread" => c.thread = value.trim().to_string(),
-                "frame" => c.frames.extend(hex(value)),
+                "frame" => match c.tasks.last_mut() {
+                    Some(t) => t.frames.extend(hex(value)),
+                    None => c.frames.extend(hex(value)),
+                },
+                "omitted" => {
+                    let n = value.trim().parse().unwrap_or(0);
+                    match c.tasks.last_mut() {
+                        Some(t) => t.omitted = n,
+                        None => c.omitted = n,
+                    }
+                }
+                "capture" => c.capture = value.trim().to_string(),
+                "kind" => c.panic = value.trim() == "panic",
+                "task" => {
+                    let (tid, name) = value.split_once(' ').unwrap_or((value, ""));
+                    c.tasks.push(Task {
+                        tid: tid.trim().parse().unwrap_or(0),
+                        name: name.trim().to_string(),
+                        frames: Vec::new(),
+                        omitted: 0,
+                    });
+                }
                 "maps" => in_maps = true,
                 _ => {}
             }
@@ -91,28 +142,40 @@ impl Capture {
         self.maps.iter().find(|m| m.start <= addr && addr < m.end)
     }
 
-    /// Where the file of `m` starts in memory: the lowest mapping of the same file.
+    /// Where the file of `m` starts in memory (see [`image_base`]).
     pub fn load_base(&self, m: &Mapping) -> u64 {
-        self.maps
-            .iter()
-            .filter(|o| o.path == m.path)
-            .map(|o| o.start.saturating_sub(o.offset))
-            .min()
-            .unwrap_or(m.start)
+        image_base(&self.maps, m)
     }
 }
 
-fn parse_map(line: &str) -> Option<Mapping> {
+/// Where the loaded image that mapping `m` belongs to starts in memory: the lowest of the
+/// mappings of the same file that are contiguous with `m` (a loader maps an image's
+/// segments side by side), less its file offset. Other mappings of the same file elsewhere
+/// (the whole binary mapped again to read its debug info, say) are not part of the image.
+pub fn image_base(maps: &[Mapping], m: &Mapping) -> u64 {
+    let mut sorted: Vec<&Mapping> = maps.iter().filter(|o| o.path == m.path).collect();
+    sorted.sort_by_key(|o| o.start);
+    let Some(mut i) = sorted.iter().position(|o| o.start == m.start) else {
+        return m.start.saturating_sub(m.offset);
+    };
+    while i > 0 && sorted[i - 1].end == sorted[i].start {
+        i -= 1;
+    }
+    sorted[i].start.saturating_sub(sorted[i].offset)
+}
+
+/// One line of `/proc/PID/maps`.
+pub fn parse_map_line(line: &str) -> Option<Mapping> {
     let mut it = line.split_whitespace();
     let range = it.next()?;
-    let _perms = it.next()?;
+    let perms = it.next()?;
     let offset = hex(it.next()?)?;
     let _dev = it.next()?;
     let _inode = it.next()?;
     let path: Vec<&str> = it.collect();
     let path = path.join(" ");
     let (s, e) = range.split_once('-')?;
-    Some(Mapping { start: hex(s)?, end: hex(e)?, offset, path })
+    Some(Mapping { start: hex(s)?, end: hex(e)?, offset, path, executable: perms.contains('x') })
 }
 
 /// One frame of a crash report's `stack`.
@@ -133,6 +196,19 @@ pub struct Symbolized {
     /// Innermost first, at most [`crate::collector::crash_capture::MAX_FRAMES`].
     pub stack: Vec<Frame>,
     pub frames_omitted: usize,
+    /// How the stack was taken: `ptrace` or `in_process`.
+    #[serde(default)]
+    pub capture: String,
+    /// Every thread, for a hang.
+    #[serde(default)]
+    pub threads: Vec<ThreadStack>,
+}
+
+/// One thread of a hang report's `threads` (CONTRACT §6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ThreadStack {
+    pub name: String,
+    pub stack: Vec<Frame>,
 }
 
 /// Whether `function` is vigil's own code (CONTRACT §6: under `vigil::` or
@@ -142,9 +218,45 @@ pub fn is_own(function: &str) -> bool {
     f.starts_with("vigil::") || f.starts_with("vigil_actors::")
 }
 
+/// Where a panic's stack starts: the frames of the panic machinery (std's and core's
+/// `panicking`, the hooks) dropped from the top, so the first frame is the code that panicked.
+pub fn skip_panic_machinery(stack: &mut Vec<Frame>) {
+    let machinery = |f: &str| {
+        let f = f.trim_start_matches('<');
+        ["std::panicking::", "core::panicking::", "std::sys::backtrace::", "rust_begin_unwind", "__rustc::"]
+            .iter()
+            .any(|p| f.starts_with(p))
+            || f.starts_with("vigil_actors::collector::crash_capture::")
+    };
+    let mut last = None;
+    for (i, f) in stack.iter().enumerate().take(64) {
+        match f.function.as_deref() {
+            Some(name) if machinery(name) => last = Some(i),
+            Some(name) if is_own(name) => break,
+            _ => {}
+        }
+    }
+    if let Some(i) = last {
+        stack.drain(..=i);
+    }
+}
+
 /// The innermost function of vigil's own code.
 pub fn innermost_own(stack: &[Frame]) -> Option<&str> {
     stack.iter().filter_map(|f| f.function.as_deref()).find(|f| is_own(f))
+}
+
+/// The collector whose actor is on the stack, innermost first (`CollectorActor<…::NAME::Type>`
+/// in a function name), if it is one of `names`.
+pub fn collector_on_stack(stack: &[Frame], names: &[&str]) -> Option<String> {
+    stack.iter().filter_map(|f| f.function.as_deref()).find_map(|f| {
+        let (_, rest) = f.split_once("CollectorActor<")?;
+        let ty = rest.split(['>', ',']).next()?;
+        let mut segments = ty.rsplit("::");
+        let _type_name = segments.next()?;
+        let module = segments.next()?;
+        names.contains(&module).then(|| module.to_string())
+    })
 }
 
 /// How many of vigil's own innermost frames make the signature.
@@ -173,44 +285,99 @@ pub fn signature(stack: &[Frame]) -> Option<String> {
     Some(format!("{:012x}", h >> 16))
 }
 
-/// Runs `program symbolize` with the capture on stdin and reads its answer, at most
-/// `within`; the helper is killed when the time is up. `Err` says why there is no stack.
-pub async fn symbolize_in_helper(
-    program: std::path::PathBuf,
-    capture: Vec<u8>,
+/// Runs `program ARGS` with `input` on stdin and returns its stdout, at most `within`; the
+/// helper is killed when the time is up. `Err` says why not (its stderr when it failed).
+async fn run_helper(
+    program: &std::path::Path,
+    args: &[String],
+    input: Vec<u8>,
     within: std::time::Duration,
-) -> Result<Symbolized, String> {
+    what: &str,
+) -> Result<Vec<u8>, String> {
     use tokio::io::AsyncWriteExt;
     let work = async move {
-        let mut child = tokio::process::Command::new(&program)
-            .arg("symbolize")
+        let mut child = tokio::process::Command::new(program)
+            .args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| format!("cannot start the symbolizer {}: {e}", program.display()))?;
-        let mut stdin = child.stdin.take().ok_or("the symbolizer has no stdin")?;
+            .map_err(|e| format!("cannot start the {what} {}: {e}", program.display()))?;
+        let mut stdin = child.stdin.take().ok_or_else(|| format!("the {what} has no stdin"))?;
         let feed = async move {
-            let _ = stdin.write_all(&capture).await;
+            let _ = stdin.write_all(&input).await;
             drop(stdin);
         };
         let (_, out) = tokio::join!(feed, child.wait_with_output());
-        let out = out.map_err(|e| format!("the symbolizer failed: {e}"))?;
+        let out = out.map_err(|e| format!("the {what} failed: {e}"))?;
         if !out.status.success() {
-            return Err(format!(
-                "the symbolizer failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
+            let err = String::from_utf8_lossy(&out.stderr);
+            return Err(format!("the {what} failed ({}): {}", out.status, err.trim()));
         }
-        serde_json::from_slice::<Symbolized>(&out.stdout)
-            .map_err(|e| format!("the symbolizer's answer is unreadable: {e}"))
+        Ok(out.stdout)
     };
     match tokio::time::timeout(within, work).await {
         Ok(r) => r,
-        Err(_) => Err(format!("symbolizing took longer than {} s; abandoned", within.as_secs_f64())),
+        Err(_) => Err(format!("the {what} took longer than {} s; abandoned", within.as_secs_f64())),
     }
+}
+
+/// Runs `program symbolize` with the capture on stdin and reads its answer, at most
+/// `within`. `Err` says why there is no stack.
+pub async fn symbolize_in_helper(
+    program: std::path::PathBuf,
+    capture: Vec<u8>,
+    within: std::time::Duration,
+) -> Result<Symbolized, String> {
+    let out = run_helper(&program, &["symbolize".into()], capture, within, "symbolizer").await?;
+    serde_json::from_slice::<Symbolized>(&out)
+        .map_err(|e| format!("the symbolizer's answer is unreadable: {e}"))
+}
+
+/// Takes the stack of the thread whose crash handler asked for it (`line`:
+/// `VIGIL-PTRACE TID SIGNAL PC SP FP`) from outside, with `program stack-dump`: the raw
+/// capture, or why not.
+pub async fn dump_crashed_thread(
+    program: &std::path::Path,
+    pid: u32,
+    line: &str,
+    within: std::time::Duration,
+) -> Result<Vec<u8>, String> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let [_, tid, signal, pc, sp, fp] = f[..] else {
+        return Err(format!("the crash handler's request is malformed: {line:?}"));
+    };
+    let args: Vec<String> = [
+        "stack-dump",
+        "--pid",
+        &pid.to_string(),
+        "--tid",
+        tid,
+        "--signal",
+        signal,
+        "--pc",
+        pc,
+        "--sp",
+        sp,
+        "--bp",
+        fp,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    run_helper(program, &args, Vec::new(), within, "ptrace capture").await
+}
+
+/// Takes every thread's stack of a live (hung) process from outside, with `program
+/// stack-dump --all`: the raw capture, or why not.
+pub async fn dump_all_threads(
+    program: std::path::PathBuf,
+    pid: u32,
+    within: std::time::Duration,
+) -> Result<Vec<u8>, String> {
+    let args = vec!["stack-dump".to_string(), "--pid".into(), pid.to_string(), "--all".into()];
+    run_helper(&program, &args, Vec::new(), within, "ptrace capture").await
 }
 
 #[cfg(test)]
@@ -232,6 +399,10 @@ mod tests {
         assert_eq!(m.path, "/usr/bin/vigil");
         assert_eq!(c.load_base(m), 0x3000);
         assert_eq!(c.maps.len(), 3);
+        // The same file mapped again elsewhere (not contiguous) is not part of the image.
+        let mut maps = c.maps.clone();
+        maps.push(parse_map_line("00001000-00002000 r--p 00000000 08:01 12 /usr/bin/vigil").unwrap());
+        assert_eq!(image_base(&maps, m), 0x3000);
     }
 
     #[test]
@@ -266,5 +437,8 @@ mod tests {
         assert_ne!(signature(&c), Some(sig));
         assert_eq!(signature(&[frame("strlen")]), None);
         assert_eq!(innermost_own(&a), Some("vigil_actors::collector::fault::segv_libc"));
+        assert_eq!(collector_on_stack(&a, &["cpu", "load"]), Some("load".into()));
+        assert_eq!(collector_on_stack(&a, &["cpu"]), None, "only known collectors");
+        assert_eq!(collector_on_stack(&c, &["load"]), None);
     }
 }
