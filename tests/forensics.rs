@@ -269,6 +269,14 @@ fn a_hang_report_has_every_thread_and_the_stuck_one() {
     let id = r["id"].as_str().unwrap();
     let line = agent.log_lines(&format!("crash report {id}")).join("\n");
     assert!(line.contains("in vigil_actors::collector::fault::hang"), "{line}");
+    let out = Command::new(vigil())
+        .args(["crashes", "show", id, "--data-dir"])
+        .arg(agent.data_dir())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("(hung; captured ptrace"), "{text}");
+    assert!(text.contains(" vigil_actors::collector::fault::hang (actors/src/collector/fault.rs:"), "{text}");
 
     let (_agent, r) = crash_with("hang@collector:loadx1", "stack_capture = \"in_process\"\n");
     assert!(r["threads"].is_null(), "{r:#}");
@@ -388,6 +396,13 @@ fn an_oom_kill_is_named_and_the_supervisor_survives_it() {
     let id = r["id"].as_str().unwrap();
     let line = agent.log_lines(&format!("crash report {id}")).join("\n");
     assert!(line.contains("killed by the OOM killer"), "{line}");
+    let out = Command::new(vigil())
+        .args(["crashes", "show", id, "--data-dir"])
+        .arg(agent.data_dir())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("oom killed") && text.contains("yes (the kernel's OOM killer)"), "{text}");
     let s = agent.wait_running(2, T);
     assert_eq!(agent.get("/healthz").0, 200, "the supervisor lives on");
 

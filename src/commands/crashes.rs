@@ -172,6 +172,12 @@ fn render_header(shown: &Shown, dir: &Path) -> String {
         if let Some(d) = &r.exit.detail {
             field("detail", d.clone());
         }
+        if let Some(oom) = r.exit.oom_killed {
+            field("oom killed", if oom { "yes (the kernel's OOM killer)".into() } else { "no".to_string() });
+        }
+        if let Some(p) = &r.forensics.panic {
+            field("panic", format!("{} at {}", p.message, p.location));
+        }
         field("collector in flight", r.exit.collector_in_flight.clone().unwrap_or_else(|| "-".into()));
         field("pid", r.pid.to_string());
         field("incarnation", r.incarnation.to_string());
@@ -201,11 +207,24 @@ fn render_stack(f: &vigil_actors::supervisor::crash_report::Forensics) -> String
     if let Some(err) = &f.stack_error {
         s.push_str(&format!("{:<20} {err}\n", "stack"));
     }
-    let Some(stack) = &f.stack else { return s };
-    let thread = f.thread.as_deref().unwrap_or("??");
     let how = f.capture.as_deref().unwrap_or("??");
     let sig = f.signature.as_deref().unwrap_or("-");
+    // A hang: every thread, each as a stack of its own.
+    for t in f.threads.iter().flatten() {
+        s.push_str(&format!("--- stack of thread {} (hung; captured {how}, signature {sig}) ---\n", t.name));
+        push_frames(&mut s, &t.stack);
+    }
+    let Some(stack) = &f.stack else { return s };
+    let thread = f.thread.as_deref().unwrap_or("??");
     s.push_str(&format!("--- stack of thread {thread} (captured {how}, signature {sig}) ---\n"));
+    push_frames(&mut s, stack);
+    if f.frames_omitted > 0 {
+        s.push_str(&format!("… {} more frames omitted\n", f.frames_omitted));
+    }
+    s
+}
+
+fn push_frames(s: &mut String, stack: &[vigil_actors::supervisor::stack::Frame]) {
     for (i, fr) in stack.iter().enumerate() {
         let file = fr.file.as_deref().unwrap_or("??");
         let line = fr.line.map_or("??".to_string(), |l| l.to_string());
@@ -215,10 +234,6 @@ fn render_stack(f: &vigil_actors::supervisor::crash_report::Forensics) -> String
             fr.module.as_deref().unwrap_or("??")
         ));
     }
-    if f.frames_omitted > 0 {
-        s.push_str(&format!("… {} more frames omitted\n", f.frames_omitted));
-    }
-    s
 }
 
 #[cfg(test)]

@@ -42,20 +42,80 @@ pub fn main() -> ExitCode {
 
 /// One mapped file, opened once.
 struct Module {
+    path: String,
     loader: Option<addr2line::Loader>,
+    /// The function symbols of its separate debug file (start, size, name), read the first
+    /// time the file itself names nothing.
+    debug: Option<Vec<(u64, u64, String)>>,
     /// Whether addresses in it are relative to where it was loaded (ET_DYN).
     relocatable: bool,
+}
+
+impl Module {
+    /// The function covering `probe` in the separate debug file's symbol table (Debian's
+    /// libc6-dbg: the same addresses, and the internal functions, such as `__strlen_avx2`,
+    /// that the library's own dynamic symbols leave out). Only its symbol table is read:
+    /// parsing libc's compressed DWARF would cost more than the rest of the stack.
+    fn debug_symbol(&mut self, probe: u64) -> Option<String> {
+        let path = &self.path;
+        let symbols = self.debug.get_or_insert_with(|| function_symbols(Path::new(path)));
+        let i = symbols.partition_point(|(start, _, _)| *start <= probe).checked_sub(1)?;
+        let (start, size, name) = &symbols[i];
+        (probe < start + (*size).max(1)).then(|| addr2line::demangle_auto(name.into(), None).into_owned())
+    }
 }
 
 fn open_module(path: &str) -> Module {
     let path = path.strip_suffix(" (deleted)").unwrap_or(path);
     let relocatable = elf_type(path) != Some(2);
-    // A separate debug file (Debian's libc6-dbg) has the same addresses, the DWARF and the
-    // full symbol table (internal functions such as `__strlen_avx2` included).
-    let debug = debug_file(Path::new(path));
-    let loader =
-        debug.and_then(|d| addr2line::Loader::new(d).ok()).or_else(|| addr2line::Loader::new(path).ok());
-    Module { loader, relocatable }
+    Module { path: path.to_string(), loader: addr2line::Loader::new(path).ok(), debug: None, relocatable }
+}
+
+/// The frames (inlined ones first) at `probe` in one file's debug info, else its symbol
+/// table; `function` is `None` where neither names it.
+fn frames_at(loader: &addr2line::Loader, probe: u64, module: &str, address: &str) -> Vec<Frame> {
+    let mut found = Vec::new();
+    if let Ok(mut it) = loader.find_frames(probe) {
+        while let Ok(Some(f)) = it.next() {
+            let function = f.function.as_ref().and_then(|n| n.demangle().ok()).map(|s| s.into_owned());
+            let (file, line) = match &f.location {
+                Some(l) => (l.file.map(short_path), l.line),
+                None => (None, None),
+            };
+            found.push(Frame { function, file, line, module: Some(module.into()), address: address.into() });
+        }
+    }
+    if found.iter().all(|f| f.function.is_none()) {
+        let symbol = loader.find_symbol(probe).map(|s| addr2line::demangle_auto(s.into(), None).into_owned());
+        match found.first_mut() {
+            Some(f) => f.function = symbol,
+            None => found.push(Frame {
+                function: symbol,
+                file: None,
+                line: None,
+                module: Some(module.into()),
+                address: address.into(),
+            }),
+        }
+    }
+    found
+}
+
+/// The function symbols of `path`'s separate debug file, sorted by address (empty without one).
+fn function_symbols(path: &Path) -> Vec<(u64, u64, String)> {
+    use object::{Object, ObjectSymbol};
+    let Some(debug) = debug_file(path) else { return Vec::new() };
+    let Ok(file) = std::fs::File::open(debug) else { return Vec::new() };
+    // SAFETY: a read-only map of a file this short-lived helper only reads.
+    let Ok(map) = (unsafe { memmap2::Mmap::map(&file) }) else { return Vec::new() };
+    let Ok(obj) = object::File::parse(&*map) else { return Vec::new() };
+    let mut v: Vec<(u64, u64, String)> = obj
+        .symbols()
+        .filter(|s| s.kind() == object::SymbolKind::Text && s.address() != 0)
+        .filter_map(|s| Some((s.address(), s.size(), s.name().ok()?.to_string())))
+        .collect();
+    v.sort();
+    v
 }
 
 /// The separate debug file of `path`, where one is installed: by its build ID under
@@ -141,32 +201,14 @@ fn symbolize_frames(
         // The faulting frame is the instruction itself; the others return there.
         let lookup = if i == 0 && exact { ip } else { ip.saturating_sub(1) };
         let probe = if module.relocatable { lookup.saturating_sub(base) } else { lookup };
-        let mut found = Vec::new();
-        if let Some(loader) = &module.loader {
-            if let Ok(mut it) = loader.find_frames(probe) {
-                while let Ok(Some(f)) = it.next() {
-                    let function =
-                        f.function.as_ref().and_then(|n| n.demangle().ok()).map(|s| s.into_owned());
-                    let (file, line) = match &f.location {
-                        Some(l) => (l.file.map(short_path), l.line),
-                        None => (None, None),
-                    };
-                    found.push(Frame {
-                        function,
-                        file,
-                        line,
-                        module: Some(name.clone()),
-                        address: address.clone(),
-                    });
-                }
-            }
-            if found.iter().all(|f| f.function.is_none()) {
-                let symbol =
-                    loader.find_symbol(probe).map(|s| addr2line::demangle_auto(s.into(), None).into_owned());
+        let mut found =
+            module.loader.as_ref().map(|l| frames_at(l, probe, &name, &address)).unwrap_or_default();
+        if found.iter().all(|f| f.function.is_none()) {
+            if let Some(symbol) = module.debug_symbol(probe) {
                 match found.first_mut() {
-                    Some(f) => f.function = symbol,
+                    Some(f) => f.function = Some(symbol),
                     None => found.push(Frame {
-                        function: symbol,
+                        function: Some(symbol),
                         file: None,
                         line: None,
                         module: Some(name.clone()),

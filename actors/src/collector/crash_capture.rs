@@ -6,7 +6,7 @@
 //! of its own (so a stack overflow, which faults on the guard page, can still be reported),
 //! walks the crashing thread's stack with the unwinder already linked into every Rust binary
 //! (`_Unwind_Backtrace`, which steps through the kernel's signal frame into the faulting
-//! code), and writes what it found to the crash pipe the supervisor handed down
+//! code), and writes what it found to the crash socket the supervisor handed down
 //! (`VIGIL_CRASH_FD`), never to stderr, so the stderr tail stays byte-exact:
 //!
 //! ```text
@@ -22,6 +22,12 @@
 //! end
 //! ```
 //!
+//! With `VIGIL_CRASH_MODE` `auto` or `ptrace`, the handler first asks for the stack to be
+//! taken from outside: it writes `VIGIL-PTRACE TID SIGNAL PC SP FP` (the registers from its
+//! signal context) and waits on the socket (poll, at most 3 s) while the supervisor's
+//! `vigil stack-dump` helper attaches with ptrace and unwinds it; one byte answers: taken
+//! (die now), unwind here (`auto` after a refused attach), or give up (`ptrace`).
+//!
 //! Then it re-raises the signal with the default action restored, so the process dies of
 //! exactly the signal it got (the supervisor still sees `signaled`, signal 11). Addresses are
 //! turned into functions, files and lines by the supervisor's symbolizer (`vigil symbolize`,
@@ -35,7 +41,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
-/// The environment variable naming the crash pipe's file descriptor in the collector.
+/// The environment variable naming the crash socket's file descriptor in the collector.
 pub const FD_ENV: &str = "VIGIL_CRASH_FD";
 /// The environment variable saying how stacks are taken (`supervisor.stack_capture`):
 /// `auto` and `ptrace` make the handler ask the supervisor to take the stack from outside
@@ -53,7 +59,7 @@ pub const GIVE_UP: u8 = b'x';
 /// How long the handler waits for the answer at most (the supervisor answers within its
 /// own, shorter deadline; this only covers a supervisor that is gone).
 const ANSWER_WITHIN_MS: i64 = 3000;
-/// The descriptor the supervisor puts the crash pipe on.
+/// The descriptor the supervisor puts the crash socket on.
 pub const FD: i32 = 3;
 /// Frames written at most.
 pub const MAX_FRAMES: usize = 256;
@@ -131,7 +137,7 @@ extern "C" fn push_frame(ctx: *mut libc::c_void, arg: *mut libc::c_void) -> libc
 }
 
 /// At exit (`exit(3)`, which a panic out of `main` and `VIGIL_FAULT=panic` end in): the
-/// last panic's stack to the crash pipe. The supervisor reads it only for exit code 101.
+/// last panic's stack to the crash socket. The supervisor reads it only for exit code 101.
 extern "C" fn write_last_panic() {
     let fd = CRASH_FD.load(Ordering::SeqCst);
     let Some((tid, name, frames)) = LAST_PANIC.lock().ok().and_then(|mut l| l.take()) else { return };
@@ -157,7 +163,7 @@ extern "C" fn write_last_panic() {
 
 static ENTERED: AtomicBool = AtomicBool::new(false);
 
-/// Installs the handlers when the supervisor handed down a crash pipe (`VIGIL_CRASH_FD`);
+/// Installs the handlers when the supervisor handed down a crash socket (`VIGIL_CRASH_FD`);
 /// returns whether it did. Call it on the thread the collectors run on, before they start:
 /// that thread gets a large alternate stack (other threads keep the one std gives them).
 pub fn install() -> bool {
@@ -207,7 +213,7 @@ pub fn install() -> bool {
     true
 }
 
-/// A line buffer on the stack that writes to the crash pipe when full.
+/// A line buffer on the stack that writes to the crash socket when full.
 struct Out {
     fd: i32,
     buf: [u8; 1024],

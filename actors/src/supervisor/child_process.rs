@@ -50,7 +50,7 @@ pub struct SpawnSpec {
     pub env: Vec<(OsString, OsString)>,
     pub incarnation: u64,
     pub stderr_tail_bytes: usize,
-    /// Give the child a crash pipe on fd [`crate::collector::crash_capture::FD`] (the
+    /// Give the child a crash socket on fd [`crate::collector::crash_capture::FD`] (the
     /// caller also sets `VIGIL_CRASH_FD`); what its crash handler writes there arrives in
     /// [`ChildExited::crash_capture`].
     pub crash_pipe: bool,
@@ -155,7 +155,7 @@ pub struct ChildExited {
     pub stderr_tail: Vec<u8>,
     pub stderr_total: u64,
     /// The raw capture of the crash (empty when nothing): what `vigil stack-dump` took from
-    /// outside, or what the collector's crash handler wrote to the crash pipe.
+    /// outside, or what the collector's crash handler wrote to the crash socket.
     pub crash_capture: Vec<u8>,
     /// Why the capture from outside failed, when it did.
     pub capture_error: Option<String>,
@@ -209,7 +209,7 @@ pub struct ChildProcess {
     exit: Option<(ExitInfo, Instant)>,
     stdout_eof: bool,
     stderr_eof: bool,
-    /// The crash pipe reached EOF (true from the start without one).
+    /// The crash socket reached EOF (true from the start without one).
     crash_eof: bool,
     crash_capture: Vec<u8>,
     capture_error: Option<String>,
@@ -261,7 +261,7 @@ impl ChildProcess {
                 // Own process group: a Ctrl-C at the terminal reaches the supervisor only,
                 // which then stops the collector gracefully.
                 libc::setpgid(0, 0);
-                // The crash pipe on its fixed descriptor (dup2 clears close-on-exec; on the
+                // The crash socket on its fixed descriptor (dup2 clears close-on-exec; on the
                 // same number it must be cleared by hand).
                 if let Some(w) = crash_w {
                     let target = crate::collector::crash_capture::FD;

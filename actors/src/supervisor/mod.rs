@@ -741,7 +741,7 @@ impl Supervisor {
         });
     }
 
-    /// Whether collectors get a crash pipe and their crash handler.
+    /// Whether collectors get a crash socket and their crash handler.
     fn capture_on(&self) -> bool {
         self.settings.config.stack_capture != StackCapture::Off
     }

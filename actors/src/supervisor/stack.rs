@@ -61,7 +61,7 @@ impl Capture {
         let text = String::from_utf8_lossy(bytes);
         let mut lines = text.lines();
         if lines.next() != Some("VIGIL-CRASH 1") {
-            return Err("the crash pipe held no capture".into());
+            return Err("the crash socket held no capture".into());
         }
         let mut c = Capture {
             signal: 0,
