@@ -241,13 +241,10 @@ fn a_ptrace_capture_that_fails_still_writes_the_report() {
     }
 }
 
-/// A hang: before the SIGKILL, every thread's stack, the stuck one inside the hanging
-/// function in the load collector; without ptrace the report says why there are none.
-#[test]
-fn a_hang_report_has_every_thread_and_the_stuck_one() {
-    let (agent, r) = crash_with("hang@collector:loadx1", "");
+/// A hang report: every thread, one of them stuck in `fault::hang` under the load
+/// collector's actor.
+fn assert_stuck_in_hang(r: &Value) {
     assert_eq!(r["reason"], "unresponsive", "{r:#}");
-    assert_eq!(r["capture"], "ptrace", "{r:#}");
     let threads = r["threads"].as_array().unwrap_or_else(|| panic!("no threads: {r:#}"));
     assert!(threads.len() >= 2, "every thread (the runtime has more than one): {r:#}");
     let stuck = threads
@@ -261,6 +258,38 @@ fn a_hang_report_has_every_thread_and_the_stuck_one() {
         })
         .unwrap_or_else(|| panic!("no thread stuck in fault::hang under the load collector: {r:#}"));
     assert!(!stuck["name"].as_str().unwrap_or_default().is_empty());
+}
+
+/// A hang under `auto` where ptrace fails (strace attached): the threads write their own.
+#[test]
+fn a_hang_without_ptrace_under_auto_has_the_threads_write_their_own() {
+    let cfg = format!("{}\n[collectors]\ninterval_secs = 0.2\n", fast_config(""));
+    let agent = Agent::start(&cfg, &[("VIGIL_FAULT", "hang@collector:loadx1")]);
+    let t0 = std::time::Instant::now();
+    let pid = loop {
+        let s = agent.status();
+        if let Some(p) = s["collector"]["pid"].as_u64() {
+            break p;
+        }
+        assert!(t0.elapsed() < T, "no collector");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let tracer = strace(pid);
+    let r = first_report(&agent);
+    drop(tracer);
+    assert_eq!(r["capture"], "in_process", "{r:#}");
+    assert_stuck_in_hang(&r);
+    assert!(agent.log_lines("write their own instead").iter().any(|l| l.contains("already traced")));
+}
+
+/// A hang: before the SIGKILL, every thread's stack, the stuck one inside the hanging
+/// function in the load collector: taken with ptrace, and without it by the threads
+/// themselves.
+#[test]
+fn a_hang_report_has_every_thread_and_the_stuck_one() {
+    let (agent, r) = crash_with("hang@collector:loadx1", "");
+    assert_eq!(r["capture"], "ptrace", "{r:#}");
+    assert_stuck_in_hang(&r);
     let id = r["id"].as_str().unwrap();
     let line = agent.log_lines(&format!("crash report {id}")).join("\n");
     assert!(line.contains("in vigil_actors::collector::fault::hang"), "{line}");
@@ -273,9 +302,10 @@ fn a_hang_report_has_every_thread_and_the_stuck_one() {
     assert!(text.contains("(hung; captured ptrace"), "{text}");
     assert!(text.contains(" vigil_actors::collector::fault::hang (actors/src/collector/fault.rs:"), "{text}");
 
+    // Without ptrace, every thread writes its own stack on a signal.
     let (_agent, r) = crash_with("hang@collector:loadx1", "stack_capture = \"in_process\"\n");
-    assert!(r["threads"].is_null(), "{r:#}");
-    assert!(r["stack_error"].as_str().unwrap_or_default().contains("ptrace"), "{r:#}");
+    assert_eq!(r["capture"], "in_process", "{r:#}");
+    assert_stuck_in_hang(&r);
 }
 
 /// A panic that ends the process: message, location, and the panicking thread's stack

@@ -162,9 +162,11 @@ pub fn symbolize(c: &Capture) -> Symbolized {
     }
     // A hang's threads: each first frame is where the thread was stopped (an instruction
     // pointer, looked up as it is).
-    let threads = c
-        .tasks
-        .iter()
+    // By thread ID: the main thread (the collectors') first, however they were written.
+    let mut tasks: Vec<_> = c.tasks.iter().collect();
+    tasks.sort_by_key(|t| t.tid);
+    let threads = tasks
+        .into_iter()
         .map(|t| ThreadStack {
             name: t.name.clone(),
             stack: symbolize_frames(c, &t.frames, true, t.omitted, &mut modules).0,

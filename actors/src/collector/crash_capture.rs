@@ -202,6 +202,14 @@ pub fn install() -> bool {
             let ss = libc::stack_t { ss_sp: stack, ss_flags: 0, ss_size: ALT_STACK_BYTES };
             libc::sigaltstack(&ss, std::ptr::null_mut());
         }
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = dump_handler as *const () as usize;
+        // On the thread's own stack, not SA_ONSTACK: std gives every thread it spawns a small
+        // alternate stack (for its guard-page handler), too small for the unwinder; a hung
+        // thread's own stack has room.
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(dump_signal(), &sa, std::ptr::null_mut());
         for sig in SIGNALS {
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = handler as *const () as usize;
@@ -396,6 +404,164 @@ unsafe fn ask_for_ptrace(fd: i32, sig: i32, ctx: *mut libc::c_void) -> Option<u8
         }
         return None;
     }
+}
+
+/// The signal that asks every thread of a hung collector for its stack, where ptrace is not
+/// used (`in_process`): the first thread to get it writes the header, passes it on to every
+/// other thread (`tgkill`), writes its own stack, waits for theirs (at most 800 ms), and ends
+/// the capture with the memory map. The supervisor kills the collector 1 s after asking.
+pub fn dump_signal() -> i32 {
+    libc::SIGRTMIN() + 4
+}
+
+static DUMP_STARTED: AtomicBool = AtomicBool::new(false);
+static DUMP_LOCK: AtomicBool = AtomicBool::new(false);
+static DUMP_DONE: AtomicI32 = AtomicI32::new(0);
+
+fn now_ms() -> i64 {
+    // SAFETY: clock_gettime into a local.
+    unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
+    }
+}
+
+/// Runs `f` holding the dump's write lock (at most 500 ms of waiting for it), so that each
+/// thread's section reaches the socket whole.
+fn with_dump_lock(f: impl FnOnce()) {
+    let until = now_ms() + 500;
+    while DUMP_LOCK.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+        if now_ms() > until {
+            return;
+        }
+        // SAFETY: sched_yield has no preconditions.
+        unsafe { libc::sched_yield() };
+    }
+    f();
+    DUMP_LOCK.store(false, Ordering::Release);
+}
+
+/// The unwinder's callback for one thread of a dump: frames from `skip_until` (the
+/// interrupted instruction) on, so the handler's own frames are left out.
+extern "C" fn on_task_frame(ctx: *mut libc::c_void, arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `(Out, count, skip_until)` the dump passed; `ctx` the unwinder's.
+    let (out, count, skip_until) = unsafe { &mut *(arg as *mut (Out, usize, u64)) };
+    let ip = unsafe { _Unwind_GetIP(ctx) } as u64;
+    if ip == 0 || *count >= MAX_FRAMES + 8 {
+        return 5;
+    }
+    if *skip_until != 0 {
+        if ip != *skip_until {
+            return 0;
+        }
+        *skip_until = 0;
+    }
+    out.bytes(b"frame ");
+    out.hex(ip);
+    out.bytes(b"\n");
+    *count += 1;
+    0
+}
+
+/// Writes this thread's `task TID NAME` section and its frames.
+fn dump_own_stack(fd: i32, ctx: *mut libc::c_void) {
+    with_dump_lock(|| {
+        let mut state = (Out { fd, buf: [0; 1024], len: 0 }, 0usize, 0u64);
+        // SAFETY: gettid has no preconditions; the kernel's ucontext for this handler.
+        let (tid, pc) = unsafe { (libc::gettid() as u64, fault_pc(ctx)) };
+        state.0.bytes(b"task ");
+        state.0.dec(tid);
+        state.0.bytes(b" ");
+        state.0.file(b"/proc/thread-self/comm\0", 64);
+        state.2 = pc;
+        // SAFETY: `state` outlives the call; the callback only appends to it.
+        unsafe { _Unwind_Backtrace(on_task_frame, (&mut state as *mut (Out, usize, u64)).cast()) };
+        if state.1 == 0 {
+            // The interrupted instruction was not found on the way: every frame, then.
+            state.2 = 0;
+            // SAFETY: as above.
+            unsafe { _Unwind_Backtrace(on_task_frame, (&mut state as *mut (Out, usize, u64)).cast()) };
+        }
+        state.0.flush();
+    });
+}
+
+/// The other threads of this process, asked with `tgkill` to dump themselves; how many were.
+fn ask_other_threads(sig: i32) -> i32 {
+    let mut asked = 0;
+    // SAFETY: open/getdents64/tgkill/close with our own buffers; no allocation.
+    unsafe {
+        let dir =
+            libc::open(c"/proc/self/task".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC);
+        if dir < 0 {
+            return 0;
+        }
+        let (pid, me) = (libc::getpid(), libc::gettid());
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = libc::syscall(libc::SYS_getdents64, dir, buf.as_mut_ptr(), buf.len());
+            if n <= 0 {
+                break;
+            }
+            let mut off = 0usize;
+            while off + 19 < n as usize {
+                let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+                let name = &buf[off + 19..off + reclen];
+                let mut tid: i32 = 0;
+                let mut digits = 0;
+                for &b in name.iter().take_while(|&&b| b != 0) {
+                    if !b.is_ascii_digit() {
+                        digits = 0;
+                        break;
+                    }
+                    tid = tid * 10 + i32::from(b - b'0');
+                    digits += 1;
+                }
+                if digits > 0 && tid != me && libc::syscall(libc::SYS_tgkill, pid, tid, sig) == 0 {
+                    asked += 1;
+                }
+                if reclen == 0 {
+                    break;
+                }
+                off += reclen;
+            }
+        }
+        libc::close(dir);
+    }
+    asked
+}
+
+extern "C" fn dump_handler(sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    let fd = CRASH_FD.load(Ordering::SeqCst);
+    if fd < 0 {
+        return;
+    }
+    if DUMP_STARTED.swap(true, Ordering::SeqCst) {
+        dump_own_stack(fd, ctx);
+        DUMP_DONE.fetch_add(1, Ordering::SeqCst);
+        return;
+    }
+    with_dump_lock(|| {
+        let mut out = Out { fd, buf: [0; 1024], len: 0 };
+        out.bytes(b"VIGIL-CRASH 1\ncapture in_process\nsignal 0\n");
+        out.flush();
+    });
+    let asked = ask_other_threads(sig);
+    dump_own_stack(fd, ctx);
+    let until = now_ms() + 800;
+    while DUMP_DONE.load(Ordering::SeqCst) < asked && now_ms() < until {
+        let ts = libc::timespec { tv_sec: 0, tv_nsec: 2_000_000 };
+        // SAFETY: nanosleep with a local timespec.
+        unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+    }
+    with_dump_lock(|| {
+        let mut out = Out { fd, buf: [0; 1024], len: 0 };
+        out.bytes(b"maps\n");
+        out.file(b"/proc/self/maps\0", 1 << 20);
+        out.bytes(b"end\n");
+        out.flush();
+    });
 }
 
 #[allow(non_camel_case_types)]

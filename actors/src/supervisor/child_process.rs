@@ -599,6 +599,24 @@ impl Handler<CloseStdin> for ChildProcess {
     }
 }
 
+/// Ask the collector to write every thread's stack to its crash socket
+/// ([`crate::collector::crash_capture::dump_signal`]): a hang's capture where ptrace is not
+/// used.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DumpThreads;
+
+impl Handler<DumpThreads> for ChildProcess {
+    type Result = ();
+
+    fn handle(&mut self, _: DumpThreads, _: &mut Context<Self>) {
+        if !self.reaped.get() && self.pid != 0 {
+            // SAFETY: the pid is ours and not yet reaped, so it cannot have been reused.
+            unsafe { libc::kill(self.pid as libc::pid_t, crate::collector::crash_capture::dump_signal()) };
+        }
+    }
+}
+
 impl Handler<Kill> for ChildProcess {
     type Result = ();
 

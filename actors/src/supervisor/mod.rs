@@ -310,6 +310,9 @@ pub const SYMBOLIZE_WITHIN: Duration = Duration::from_secs(2);
 /// How long the SIGKILL of a hung collector waits for its threads' stacks at most
 /// (CONTRACT §6).
 pub const HANG_CAPTURE_WITHIN: Duration = Duration::from_secs(2);
+/// How long a hung collector gets to write its threads' stacks itself (`in_process`) before
+/// the SIGKILL.
+pub const IN_PROCESS_DUMP_WITHIN: Duration = Duration::from_millis(1000);
 
 /// How one end of the collector is counted: reason, signal name, exit code, signature.
 type CrashKey = (String, Option<String>, Option<i32>, Option<String>);
@@ -751,6 +754,20 @@ impl Supervisor {
         matches!(self.settings.config.stack_capture, StackCapture::Auto | StackCapture::Ptrace)
     }
 
+    /// In process: every thread of the hung collector writes its own stack to the crash
+    /// socket on a signal; what arrived by the SIGKILL ([`IN_PROCESS_DUMP_WITHIN`] later)
+    /// comes with the exit.
+    fn dump_in_process_then_kill(&mut self, ctx: &mut Context<Self>) {
+        let Some(c) = &self.current else { return };
+        c.addr.do_send(child_process::DumpThreads);
+        let incarnation = c.incarnation;
+        ctx.run_later(IN_PROCESS_DUMP_WITHIN, move |this, _| {
+            if let Some(c) = this.current.as_ref().filter(|c| c.incarnation == incarnation) {
+                c.addr.do_send(Kill);
+            }
+        });
+    }
+
     /// Takes every thread's stack of the hung collector (at most [`HANG_CAPTURE_WITHIN`]),
     /// then kills it; the capture waits in [`Current::hang_capture`] for its report.
     fn capture_then_kill(&mut self, ctx: &mut Context<Self>, reason: KillReason) {
@@ -762,18 +779,28 @@ impl Supervisor {
         }
         c.kill_reason = Some(reason);
         if !ptrace {
-            c.hang_capture = Some(Err(format!(
-                "a hang's threads are taken with ptrace, and supervisor.stack_capture is \"{mode}\""
-            )));
-            c.addr.do_send(Kill);
+            if mode == "off" {
+                c.hang_capture = Some(Err("supervisor.stack_capture is \"off\"".into()));
+                c.addr.do_send(Kill);
+                return;
+            }
+            self.dump_in_process_then_kill(ctx);
             return;
         }
         let (pid, incarnation) = (c.pid, c.incarnation);
+        let fallback = mode == "auto";
         let fut = stack::dump_all_threads(self.settings.program.clone(), pid, HANG_CAPTURE_WITHIN);
-        ctx.spawn(fut.into_actor(self).map(move |res, this, _| {
-            if let Some(c) = this.current.as_mut().filter(|c| c.incarnation == incarnation) {
-                c.hang_capture = Some(res);
-                c.addr.do_send(Kill);
+        ctx.spawn(fut.into_actor(self).map(move |res, this, ctx| {
+            let Some(c) = this.current.as_mut().filter(|c| c.incarnation == incarnation) else { return };
+            match res {
+                Err(e) if fallback => {
+                    tracing::warn!(pid, error = %e, "Could not take the hung collector's stacks with ptrace; its threads write their own instead (in_process).");
+                    this.dump_in_process_then_kill(ctx);
+                }
+                res => {
+                    c.hang_capture = Some(res);
+                    c.addr.do_send(Kill);
+                }
             }
         }));
     }
@@ -986,7 +1013,7 @@ impl Handler<ChildStdoutClosed> for Supervisor {
 impl Handler<ChildExited> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, ev: ChildExited, ctx: &mut Context<Self>) {
+    fn handle(&mut self, mut ev: ChildExited, ctx: &mut Context<Self>) {
         tracing::debug!(pid = ev.pid, incarnation = ev.incarnation, "Exit event received.");
         let Some(cur) = self.current.take_if(|c| c.incarnation == ev.incarnation) else {
             return;
@@ -1074,7 +1101,19 @@ impl Handler<ChildExited> for Supervisor {
             }
             let pending = PendingReport { report, stderr_tail: ev.stderr_tail, stopping, how: how.clone() };
             // The raw capture to symbolize, or why there is none; `None`: no stack expected.
-            let hang = cur.hang_capture.filter(|_| reason == "unresponsive");
+            let hang = if reason != "unresponsive" {
+                None
+            } else if cur.hang_capture.is_some() {
+                cur.hang_capture
+            } else if !ev.crash_capture.is_empty() {
+                // Written by the collector's threads themselves (`in_process`).
+                Some(Ok(std::mem::take(&mut ev.crash_capture)))
+            } else {
+                Some(Err(format!(
+                    "the hung collector wrote no stacks within {} ms of being asked (stack_capture = \"in_process\")",
+                    IN_PROCESS_DUMP_WITHIN.as_millis()
+                )))
+            };
             let panicked = exit.code == Some(101);
             let raw: Option<Result<Vec<u8>, String>> = if hang.is_some() {
                 hang
