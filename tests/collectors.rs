@@ -78,6 +78,9 @@ fn a_panic_inside_a_collector_is_its_error_not_a_crash() {
     let err = entry(&s, "load")["last_error"].as_str().unwrap().to_string();
     assert!(err.starts_with("panicked at actors/src/collector/mod.rs:"), "{err}");
     assert!(err.ends_with(": VIGIL_FAULT=panic: injected panic inside a collector"), "{err}");
+    // Its backtrace is logged once, through the function that panicked.
+    assert_eq!(agent.log_lines("Backtrace (logged once per place)").len(), 1, "{}", agent.log_tail());
+    assert!(!agent.log_lines("vigil_actors::collector::inject").is_empty(), "{}", agent.log_tail());
     // Later collections succeed; the process never restarted.
     let s = agent.wait_status(T, "load ok again", |s| entry(s, "load")["state"] == "ok");
     assert_eq!(s["collector"]["incarnation"], 1);
