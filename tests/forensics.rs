@@ -22,17 +22,17 @@ fn crash_with(fault: &str, extra: &str) -> (Agent, Value) {
 
 /// The first crash report on disk.
 fn first_report(agent: &Agent) -> Value {
-    let dir = agent.crash_dir();
-    let t0 = std::time::Instant::now();
-    let report = loop {
-        if let Some(id) = crash_files(&dir).iter().find_map(|f| f.strip_suffix(".json").map(str::to_string)) {
-            let text = std::fs::read_to_string(dir.join(format!("{id}.json"))).unwrap();
-            break serde_json::from_str::<Value>(&text).unwrap();
-        }
-        assert!(t0.elapsed() < T, "no crash report; log:\n{}", agent.log_tail());
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    report
+    reports(agent, 1).remove(0)
+}
+
+/// What `vigil crashes show ID` prints for the agent's data dir.
+fn crashes_show(agent: &Agent, id: &str) -> String {
+    let out = Command::new(vigil())
+        .args(["crashes", "show", id, "--data-dir"])
+        .arg(agent.data_dir())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The faulting function above the load collector's actor (named by its generic argument),
@@ -97,12 +97,7 @@ fn a_segv_in_a_collector_names_the_function_and_the_collector() {
     let served: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(served["stack"], r["stack"]);
 
-    let out = Command::new(vigil())
-        .args(["crashes", "show", &id, "--data-dir"])
-        .arg(agent.data_dir())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = crashes_show(&agent, &id);
     let want = format!("#{segv} vigil_actors::collector::fault::segv (actors/src/collector/fault.rs:");
     assert!(text.contains(&want), "{text}");
     assert!(text.contains(&format!("signature {sig}")), "{text}");
@@ -293,12 +288,7 @@ fn a_hang_report_has_every_thread_and_the_stuck_one() {
     let id = r["id"].as_str().unwrap();
     let line = agent.log_lines(&format!("crash report {id}")).join("\n");
     assert!(line.contains("in vigil_actors::collector::fault::hang"), "{line}");
-    let out = Command::new(vigil())
-        .args(["crashes", "show", id, "--data-dir"])
-        .arg(agent.data_dir())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = crashes_show(&agent, id);
     assert!(text.contains("(hung; captured ptrace"), "{text}");
     assert!(text.contains(" vigil_actors::collector::fault::hang (actors/src/collector/fault.rs:"), "{text}");
 
@@ -421,12 +411,7 @@ fn an_oom_kill_is_named_and_the_supervisor_survives_it() {
     let id = r["id"].as_str().unwrap();
     let line = agent.log_lines(&format!("crash report {id}")).join("\n");
     assert!(line.contains("killed by the OOM killer"), "{line}");
-    let out = Command::new(vigil())
-        .args(["crashes", "show", id, "--data-dir"])
-        .arg(agent.data_dir())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = crashes_show(&agent, id);
     assert!(text.contains("oom killed") && text.contains("yes (the kernel's OOM killer)"), "{text}");
     let s = agent.wait_running(2, T);
     assert_eq!(agent.get("/healthz").0, 200, "the supervisor lives on");
