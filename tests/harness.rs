@@ -283,6 +283,13 @@ impl Prometheus {
     /// Like [`Prometheus::start`]; with `tls = Some((cert, key))` it serves HTTPS only
     /// (through its `--web.config.file`).
     pub fn start_tls(config: &str, flags: &[&str], tls: Option<(&Path, &Path)>) -> Prometheus {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Prometheus::start_at(&format!("127.0.0.1:{port}"), config, flags, tls)
+    }
+
+    /// Like [`Prometheus::start_tls`], listening on `addr` (to replace one that was stopped,
+    /// at the same address).
+    pub fn start_at(addr: &str, config: &str, flags: &[&str], tls: Option<(&Path, &Path)>) -> Prometheus {
         let exe = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -290,8 +297,7 @@ impl Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("prometheus.yml");
         std::fs::write(&cfg, config).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr = format!("127.0.0.1:{port}");
+        let addr = addr.to_string();
         let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
         let mut web = vec![];
         if let Some((cert, key)) = tls {

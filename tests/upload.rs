@@ -367,22 +367,201 @@ fn a_real_prometheus_receives_remote_write_and_answers_queries() {
     assert_eq!(up["dropped"]["rejected"], 0);
 }
 
-#[test]
-fn remote_write_rejections_are_dropped_and_counted_not_retried_forever() {
-    // A real Prometheus without the receiver enabled answers 404 (not retryable).
-    let prom = remote_write_prometheus();
-    let cfg = format!(
+/// A remote_write config sending to `url` every 0.3 s.
+fn remote_write_config(url: &str) -> String {
+    format!(
         "{}\n[collectors]\ninterval_secs = 0.3\n[collectors.time_drift]\nenabled = false\n\n\
-         [[upload]]\nname = \"prom\"\ntype = \"remote_write\"\nurl = \"http://{}/api/v1/nope\"\nflush_interval_secs = 0.3\n",
-        fast_config(""),
-        prom.addr
-    );
-    let agent = Agent::start(&cfg, &[]);
-    let s = agent
-        .wait_status(T, "rejected samples", |s| s["uploads"][0]["dropped"]["rejected"].as_u64() > Some(0));
+         [[upload]]\nname = \"prom\"\ntype = \"remote_write\"\nurl = \"{url}\"\nflush_interval_secs = 0.3\n",
+        fast_config("")
+    )
+}
+
+#[test]
+fn a_404_during_maintenance_keeps_the_backlog_which_reaches_the_real_prometheus_after() {
+    // A real Prometheus without its receiver answers 404 on /api/v1/write, as a proxy in
+    // maintenance would: batches must stay in the spool, not be dropped.
+    let old = Prometheus::start("global:\n  scrape_interval: 1h\n", &[]);
+    let agent = Agent::start(&remote_write_config(&format!("http://{}/api/v1/write", old.addr)), &[]);
+    let s = agent.wait_status(T, "a backlog behind 404s", |s| {
+        s["uploads"][0]["spooled_batches"].as_u64() >= Some(4)
+            && s["uploads"][0]["last_error"].as_str().is_some_and(|e| e.starts_with("HTTP 404"))
+    });
     let up = &s["uploads"][0];
-    assert!(up["last_error"].as_str().unwrap().starts_with("HTTP 404"), "{up}");
-    assert!(up["spooled_batches"].as_u64().unwrap() <= 2, "rejected batches leave the spool: {up}");
+    assert_eq!(up["dropped"]["rejected"], 0, "a 404 is not the batch's fault: {up}");
+    assert_eq!(up["acked_seq"], 0, "{up}");
+    assert_eq!(up["connected"], false, "{up}");
+    // The loads collected while the upstream answered 404: all of them must arrive.
+    let collected_before = s["collectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "load")
+        .and_then(|c| Some(c["collections"].as_u64()? - c["errors"].as_u64()?))
+        .unwrap();
+    let switched_at = chrono::Utc::now().timestamp_millis();
+    let addr = old.addr.clone();
+    drop(old);
+    let new = Prometheus::start_at(
+        &addr,
+        "global:\n  scrape_interval: 1h\n",
+        &["--web.enable-remote-write-receiver"],
+        None,
+    );
+    let t0 = Instant::now();
+    loop {
+        // Samples of load_1 older than the switch that reached the new Prometheus.
+        let q = format!("count_over_time(load_1[10m] @ {})", switched_at as f64 / 1000.0);
+        let v = new.query(&q);
+        let n = v["data"]["result"][0]["value"][1].as_str().and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+        // Each load collection makes one load_1 sample.
+        if n >= collected_before {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "only {n} of {} load_1 samples from before the switch arrived; agent log:\n{}",
+            collected_before,
+            agent.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let s = agent
+        .wait_status(T, "the backlog delivered", |s| s["uploads"][0]["spooled_batches"].as_u64() <= Some(1));
+    assert_eq!(s["uploads"][0]["dropped"]["rejected"], 0);
+    assert_eq!(s["uploads"][0]["dropped_samples"], 0);
+}
+
+/// One request a [`ScriptedHttp`] answered: when it came, the status it got, its body.
+type Answered = (Instant, u16, Vec<u8>);
+
+/// An HTTP/1.1 server that answers requests from a script (status and headers, one per
+/// request, then 204), and records when each came and its body.
+struct ScriptedHttp {
+    addr: String,
+    log: std::sync::Arc<std::sync::Mutex<Vec<Answered>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ScriptedHttp {
+    fn start(script: Vec<(u16, &'static str)>) -> ScriptedHttp {
+        use std::io::{BufRead, BufReader, Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let script = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(script)));
+        let (log2, stop2) = (log.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok((conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                conn.set_nonblocking(false).unwrap();
+                conn.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut w = conn;
+                'requests: while !stop2.load(Ordering::Relaxed) {
+                    let mut line = String::new();
+                    match r.read_line(&mut line) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(_) => break,
+                    }
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    let mut len = 0usize;
+                    loop {
+                        let mut h = String::new();
+                        if r.read_line(&mut h).unwrap_or(0) == 0 {
+                            break 'requests;
+                        }
+                        if h.trim().is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = h.split_once(':') {
+                            if k.eq_ignore_ascii_case("content-length") {
+                                len = v.trim().parse().unwrap();
+                            }
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    r.get_ref()
+                        .set_read_timeout(Some(Duration::from_secs(5)))
+                        .and_then(|_| r.read_exact(&mut body))
+                        .expect("request body");
+                    r.get_ref().set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+                    let (code, headers) = script.lock().unwrap().pop_front().unwrap_or((204, ""));
+                    log2.lock().unwrap().push((Instant::now(), code, body));
+                    let text = format!("scripted {code}");
+                    let answer =
+                        format!("HTTP/1.1 {code} X\r\nContent-Length: {}\r\n{headers}\r\n{text}", text.len());
+                    if w.write_all(answer.as_bytes()).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        ScriptedHttp { addr, log, stop, thread: Some(thread) }
+    }
+
+    fn requests(&self) -> Vec<Answered> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ScriptedHttp {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn remote_write_retries_auth_and_routing_errors_honours_retry_after_and_drops_only_bad_batches() {
+    let http =
+        ScriptedHttp::start(vec![(401, ""), (503, "Retry-After: 4\r\n"), (403, ""), (404, ""), (400, "")]);
+    let agent = Agent::start(&remote_write_config(&format!("http://{}/api/v1/write", http.addr)), &[]);
+    let t0 = Instant::now();
+    while http.requests().iter().filter(|r| r.1 == 204).count() < 3 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(40),
+            "{:?}",
+            http.requests().iter().map(|r| r.1).collect::<Vec<_>>()
+        );
+        if http.requests().len() == 2 {
+            let s = agent.status();
+            let e = s["uploads"][0]["last_error"].as_str().unwrap_or_default().to_string();
+            assert!(e.is_empty() || e.starts_with("HTTP 401") || e.contains("Retry-After 4 s"), "{e}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let reqs = http.requests();
+    let codes: Vec<u16> = reqs.iter().map(|r| r.1).collect();
+    assert_eq!(&codes[..6], &[401, 503, 403, 404, 400, 204], "{codes:?}");
+    // The batch refused with 401, 503, 403 and 404 was sent again each time, unchanged,
+    // until the 400 dropped it; the next request carries another batch.
+    for r in &reqs[1..5] {
+        assert_eq!(r.2, reqs[0].2, "the same batch is retried");
+    }
+    assert_ne!(reqs[5].2, reqs[0].2, "the rejected batch is not sent again");
+    assert!(reqs[5..].iter().all(|r| r.2 != reqs[0].2));
+    // 401 → 1 s backoff; the 503 asked for 4 s where the backoff would wait 2.
+    let gap = reqs[2].0 - reqs[1].0;
+    assert!(gap >= Duration::from_millis(3900), "Retry-After 4 was not honoured: {gap:?}");
+    let s = agent.wait_status(T, "the rejected samples counted", |s| {
+        s["uploads"][0]["dropped"]["rejected"].as_u64() > Some(0)
+    });
+    let up = &s["uploads"][0];
+    assert!(up["errors"].as_u64() >= Some(5), "{up}");
+    assert_eq!(up["dropped_samples"], up["dropped"]["rejected"], "{up}");
 }
 
 #[test]

@@ -86,18 +86,40 @@ pub fn encode_body(req: &WriteRequest) -> Vec<u8> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     Delivered,
-    /// 5xx, 429: try again later.
+    /// Everything that is not about this batch (401, 403, 404, 407, 429, 5xx, a redirect, an
+    /// unknown code): the upstream is unavailable to us for now; keep the batch, try again.
     Retry,
-    /// Other 4xx: the receiver will never take this batch; drop it and count.
+    /// 400, 413, 422: the receiver says this batch itself is bad and will never take it;
+    /// drop it and count (`rejected`), or it would block every later batch.
     Reject,
 }
 
+/// The one place that decides what a status means (CONTRACT §7). This departs on purpose
+/// from remote write 1.0's "do not retry 4xx other than 429": an expired token or a proxy's
+/// 403/404 during maintenance is an outage, which is what the spool is there to ride out.
 pub fn outcome(status: u16) -> Outcome {
     match status {
         200..=299 => Outcome::Delivered,
-        429 | 500..=599 => Outcome::Retry,
-        _ => Outcome::Reject,
+        400 | 413 | 422 => Outcome::Reject,
+        _ => Outcome::Retry,
     }
+}
+
+/// The longest `Retry-After` honoured: a receiver asking for more is retried after this
+/// (a typo'd or hostile header must not park the sink for days).
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(600);
+
+/// A `Retry-After` header's wait: delay-seconds or an HTTP-date (RFC 9110 §10.2.3), relative
+/// to `now`; `None` when absent or unparsable. A date in the past means "now".
+pub fn retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let v = value.trim();
+    let wait = if let Ok(secs) = v.parse::<u64>() {
+        Duration::from_secs(secs)
+    } else {
+        let at = chrono::DateTime::parse_from_rfc2822(v).ok()?.with_timezone(&chrono::Utc);
+        (at - now).to_std().unwrap_or(Duration::ZERO)
+    };
+    Some(wait.min(RETRY_AFTER_MAX))
 }
 
 thread_local! {
@@ -110,9 +132,10 @@ thread_local! {
 
 impl Uploader {
     /// remote_write: POSTs the oldest unacknowledged batch, one request at a time, so
-    /// batches arrive in order. 2xx removes it from the spool; 429/5xx/network errors retry
-    /// with backoff; any other 4xx drops it (counted as `rejected`): the receiver will never
-    /// take it, and keeping it would block every later batch.
+    /// batches arrive in order. 2xx removes it from the spool; 400/413/422 drop it (counted
+    /// as `rejected`): the receiver will never take it, and keeping it would block every later
+    /// batch; every other status and every network error keeps it and retries with backoff,
+    /// waiting at least what `Retry-After` asks ([`outcome`]).
     pub(super) fn pump_http(&mut self, ctx: &mut Context<Self>) {
         if self.http_busy {
             return;
@@ -150,13 +173,18 @@ impl Uploader {
         let exchange = async move {
             let mut resp = req.send_body(body).await.map_err(|e| e.to_string())?;
             let status = resp.status().as_u16();
+            let wait = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| retry_after(v, chrono::Utc::now()));
             let text = resp
                 .body()
                 .limit(4096)
                 .await
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .unwrap_or_default();
-            Ok::<_, String>((status, text))
+            Ok::<_, String>((status, text, wait))
         };
         // The client's timeout ends at the response headers; a receiver that then stalls
         // must not hold the sink (one request at a time) for ever.
@@ -168,21 +196,27 @@ impl Uploader {
         let samples = batch.samples.len() as u64;
         ctx.spawn(fut.into_actor(self).map(move |res, this, ctx| {
             this.http_busy = false;
-            match res.map(|(code, text)| (outcome(code), code, text)) {
-                Ok((Outcome::Delivered, _, _)) => {
+            match res.map(|(code, text, wait)| (outcome(code), code, text, wait)) {
+                Ok((Outcome::Delivered, ..)) => {
                     this.http_ok = true;
                     this.backoff.reset();
                     this.last_error = None;
                     this.acked_batches += 1;
                     this.ack_http(rec.seq, ctx);
                 }
-                Ok((Outcome::Reject, code, text)) => {
+                Ok((Outcome::Reject, code, text, _)) => {
                     tracing::error!(sink = %this.cfg.name, seq = rec.seq, status = code, response = %text.trim(), "Receiver rejected a batch; dropped (counted as rejected).");
                     this.error(format!("HTTP {code}: {}", text.trim()));
                     this.rejected_samples += samples;
                     this.ack_http(rec.seq, ctx);
                 }
-                Ok((Outcome::Retry, code, text)) => this.retry_http(ctx, format!("HTTP {code}: {}", text.trim())),
+                Ok((Outcome::Retry, code, text, wait)) => {
+                    let why = match wait {
+                        Some(w) => format!("HTTP {code}: {} (Retry-After {} s)", text.trim(), w.as_secs()),
+                        None => format!("HTTP {code}: {}", text.trim()),
+                    };
+                    this.retry_http_after(ctx, why, wait)
+                }
                 Err(e) => this.retry_http(ctx, e),
             }
         }));
@@ -199,9 +233,15 @@ impl Uploader {
     }
 
     fn retry_http(&mut self, ctx: &mut Context<Self>, why: String) {
+        self.retry_http_after(ctx, why, None)
+    }
+
+    /// Retries after the backoff's next delay, or after the receiver's `Retry-After` when it
+    /// asks for longer (never sooner than it asked).
+    fn retry_http_after(&mut self, ctx: &mut Context<Self>, why: String, retry_after: Option<Duration>) {
         self.http_ok = false;
         self.http_busy = true;
-        let delay = self.backoff.next_delay();
+        let delay = self.backoff.next_delay().max(retry_after.unwrap_or_default());
         tracing::warn!(sink = %self.cfg.name, error = %why, retry_in_ms = delay.as_millis() as u64, spooled = self.spool.pending_len(), "remote_write failed; batches stay in the spool.");
         self.error(why);
         ctx.run_later(delay, |this, ctx| {
@@ -252,11 +292,28 @@ mod tests {
     }
 
     #[test]
-    fn status_codes() {
+    fn only_a_bad_batch_is_rejected_every_other_failure_is_retried() {
+        assert_eq!(outcome(200), Outcome::Delivered);
         assert_eq!(outcome(204), Outcome::Delivered);
-        assert_eq!(outcome(429), Outcome::Retry);
-        assert_eq!(outcome(503), Outcome::Retry);
-        assert_eq!(outcome(400), Outcome::Reject);
+        for code in [400, 413, 422] {
+            assert_eq!(outcome(code), Outcome::Reject, "{code}");
+        }
+        for code in [301, 401, 403, 404, 405, 407, 408, 409, 429, 499, 500, 502, 503, 504, 599, 999] {
+            assert_eq!(outcome(code), Outcome::Retry, "{code}");
+        }
         assert_eq!(sanitize("9lives"), "_9lives");
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_or_a_date_and_is_capped() {
+        let now =
+            chrono::DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z").unwrap().with_timezone(&chrono::Utc);
+        assert_eq!(retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now), Some(Duration::from_secs(30)));
+        assert_eq!(retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now), Some(Duration::ZERO), "past: now");
+        assert_eq!(retry_after("86400", now), Some(RETRY_AFTER_MAX));
+        assert_eq!(retry_after("soon", now), None);
+        assert_eq!(retry_after("-5", now), None);
     }
 }
