@@ -41,7 +41,7 @@ fn main() {
             spool_max_bytes: 1 << 34,
             ..UploadConfig::default()
         };
-        let up = Uploader::new(cfg, &dir, "bench-agent".into(), "bench-host".into()).unwrap().start();
+        let up = Uploader::new(cfg, &dir, "bench-agent".into(), "bench-host".into()).start();
         // Let it connect before the clock starts.
         actix_rt::time::sleep(Duration::from_millis(300)).await;
         let tags: std::collections::BTreeMap<String, String> =

@@ -59,6 +59,112 @@ impl Drop for Ext4 {
     }
 }
 
+/// A tmpfs of `size` mounted on a temp dir, unmounted on drop (lazily if busy).
+struct Tmpfs {
+    mnt: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let mnt = tempfile::tempdir().unwrap();
+        run(
+            "mount",
+            &["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs", mnt.path().to_str().unwrap()],
+        );
+        Tmpfs { mnt }
+    }
+
+    fn path(&self) -> &Path {
+        self.mnt.path()
+    }
+
+    /// Writes a file until the file system is full; returns its path.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let p = self.path().join("filler");
+        let mut f = std::fs::File::create(&p).unwrap();
+        let chunk = vec![0x5au8; 64 * 1024];
+        loop {
+            if let Err(e) = f.write_all(&chunk) {
+                assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+                break;
+            }
+        }
+        // Whatever is left in smaller pieces, so that no batch fits.
+        while f.write_all(&[0x5a; 512]).is_ok() {}
+        p
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let p = self.mnt.path().to_str().unwrap().to_string();
+        if !Command::new("umount").arg(&p).status().is_ok_and(|s| s.success()) {
+            let _ = Command::new("umount").args(["-l", &p]).status();
+        }
+    }
+}
+
+/// The data dir on a tmpfs filled to the last byte for a few seconds: the sink holds its
+/// batches in memory (shown in `last_error`, nothing dropped), supervision and collection go
+/// on, and once space returns every sample is spooled and delivered, with no hole in time.
+#[test]
+fn a_full_disk_holds_batches_in_memory_and_spools_them_when_space_returns() {
+    let fs = Tmpfs::mount("8M");
+    let dir = tempfile::tempdir().unwrap();
+    let r = Receiver::start("127.0.0.1:0", &dir.path().join("out.jsonl"), &dir.path().join("recv.log"));
+    let cfg = upload_config(&format!("ws://{}/v1/ingest", r.addr));
+    let log = dir.path().join("vigil.log");
+    let agent = Agent::start_at(dir, &fs.path().join("data"), &log, &cfg, &[]);
+    agent.wait_running(1, T);
+    wait_lines(&r, 2);
+    let filler = fs.fill();
+    let full_at = Instant::now();
+    let s = agent.wait_status(T, "the sink to hit the full disk", |s| {
+        s["uploads"][0]["last_error"].as_str().is_some_and(|e| e.contains("No space left on device"))
+    });
+    assert_eq!(s["uploads"][0]["dropped_samples"], 0, "{s:#}");
+    let seq_when_full = s["uploads"][0]["last_seq"].as_u64().unwrap();
+    while full_at.elapsed() < Duration::from_secs(4) {
+        let s = agent.status();
+        assert_eq!(s["collector"]["state"], "running", "{s:#}");
+        assert_eq!(
+            s["uploads"][0]["last_seq"].as_u64().unwrap(),
+            seq_when_full,
+            "nothing is spooled on a full disk"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        agent.log_lines("Cannot spool a batch").len(),
+        1,
+        "logged once per spell:\n{}",
+        agent.log_tail()
+    );
+    std::fs::remove_file(&filler).unwrap();
+    let s = agent.wait_status(T, "the held samples spooled and sent", |s| {
+        let u = &s["uploads"][0];
+        u["last_seq"].as_u64() > Some(seq_when_full + 1) && u["spooled_batches"] == 0
+    });
+    let u = &s["uploads"][0];
+    assert_eq!(u["dropped_samples"], 0, "{s:#}");
+    assert_eq!(u["dropped"]["disk_full_samples"], 0, "{s:#}");
+    assert_no_gap(&r, u["acked_seq"].as_u64().unwrap());
+    // The load collector's samples are contiguous in time across the full spell.
+    let mut ts: Vec<i64> = r
+        .lines()
+        .iter()
+        .flat_map(|l| l["samples"].as_array().unwrap().clone())
+        .filter(|x| x["name"] == "load_1")
+        .map(|x| x["ts_ms"].as_i64().unwrap())
+        .collect();
+    ts.sort();
+    let worst = ts.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(ts.len() > 20 && worst < 1500, "a hole of {worst} ms in {} load_1 samples", ts.len());
+    assert_eq!(agent.log_lines("takes batches again").len(), 1, "{}", agent.log_tail());
+    drop(agent);
+}
+
 /// Freezes a file system; thaws it when dropped. Declared after the processes that use the
 /// file system, so that it drops (thaws) first: a process blocked on a frozen file system
 /// cannot be killed until it thaws.
@@ -200,7 +306,7 @@ fn a_frozen_data_dir_stalls_neither_supervision_nor_the_status_endpoint() {
         u["connected"] == true && u["spooled_batches"] == 0 && u["acked_seq"].as_u64() > Some(last_seq_frozen)
     });
     let u = &s["uploads"][0];
-    assert_eq!(u["dropped"]["buffer_full"], 0, "{s:#}");
+    assert_eq!(u["dropped"]["buffer_full_samples"], 0, "{s:#}");
     assert_no_gap(&r, u["acked_seq"].as_u64().unwrap());
     assert!(no_unresponsive(&s), "{s:#}");
     let (code, metrics) = agent.get("/metrics");

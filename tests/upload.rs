@@ -185,12 +185,27 @@ fn a_damaged_spool_is_recovered_and_counted() {
     let torn = data.len() - 7;
     data.truncate(torn);
     std::fs::write(&seg, &data).unwrap();
+    let records_left = data.windows(4).filter(|w| *w == b"VSR1").count() as u64 - 2;
+    // And entries named like spool files that are not: a directory, garbage, a garbage
+    // `acked` (each used to make `vigil run` exit 1).
+    std::fs::create_dir(spool.join("00000000000000090000.seg")).unwrap();
+    std::fs::write(spool.join("00000000000000090001.seg"), b"\x00garbage\xff").unwrap();
+    std::fs::write(spool.join("acked"), b"twelve").unwrap();
     let agent = agent.restart(&cfg);
     let s = agent.status();
     let d = &s["uploads"][0]["dropped"];
     assert_eq!(d["corrupt_records"], 1, "{s:#}");
     assert!(d["torn_bytes"].as_u64().unwrap() > 0, "{s:#}");
+    assert_eq!(d["bad_files"], 3, "{s:#}");
+    assert!(
+        s["uploads"][0]["spooled_batches"].as_u64() >= Some(records_left),
+        "the good records are all still there: {s:#}"
+    );
+    assert!(spool.join("00000000000000090000.seg.bad").is_dir());
+    assert!(spool.join("00000000000000090001.seg.bad").is_file());
+    assert_eq!(std::fs::read(spool.join("acked.bad")).unwrap(), b"twelve");
     assert!(agent.log_lines("damaged records").len() == 1);
+    assert_eq!(agent.log_lines("Damaged spool file set aside").len(), 3, "{}", agent.log_tail());
     drop(dir);
 }
 
@@ -364,7 +379,7 @@ fn a_real_prometheus_receives_remote_write_and_answers_queries() {
     let up = &s["uploads"][0];
     assert_eq!((up["type"].as_str(), up["connected"].as_bool()), (Some("remote_write"), Some(true)), "{up}");
     assert!(up["sent_batches"].as_u64().unwrap() >= 1);
-    assert_eq!(up["dropped"]["rejected"], 0);
+    assert_eq!(up["dropped"]["rejected_samples"], 0);
 }
 
 /// A remote_write config sending to `url` every 0.3 s.
@@ -387,7 +402,7 @@ fn a_404_during_maintenance_keeps_the_backlog_which_reaches_the_real_prometheus_
             && s["uploads"][0]["last_error"].as_str().is_some_and(|e| e.starts_with("HTTP 404"))
     });
     let up = &s["uploads"][0];
-    assert_eq!(up["dropped"]["rejected"], 0, "a 404 is not the batch's fault: {up}");
+    assert_eq!(up["dropped"]["rejected_samples"], 0, "a 404 is not the batch's fault: {up}");
     assert_eq!(up["acked_seq"], 0, "{up}");
     assert_eq!(up["connected"], false, "{up}");
     // The loads collected while the upstream answered 404: all of them must arrive.
@@ -427,7 +442,7 @@ fn a_404_during_maintenance_keeps_the_backlog_which_reaches_the_real_prometheus_
     }
     let s = agent
         .wait_status(T, "the backlog delivered", |s| s["uploads"][0]["spooled_batches"].as_u64() <= Some(1));
-    assert_eq!(s["uploads"][0]["dropped"]["rejected"], 0);
+    assert_eq!(s["uploads"][0]["dropped"]["rejected_samples"], 0);
     assert_eq!(s["uploads"][0]["dropped_samples"], 0);
 }
 
@@ -557,11 +572,12 @@ fn remote_write_retries_auth_and_routing_errors_honours_retry_after_and_drops_on
     let gap = reqs[2].0 - reqs[1].0;
     assert!(gap >= Duration::from_millis(3900), "Retry-After 4 was not honoured: {gap:?}");
     let s = agent.wait_status(T, "the rejected samples counted", |s| {
-        s["uploads"][0]["dropped"]["rejected"].as_u64() > Some(0)
+        s["uploads"][0]["dropped"]["rejected_samples"].as_u64() > Some(0)
     });
     let up = &s["uploads"][0];
     assert!(up["errors"].as_u64() >= Some(5), "{up}");
-    assert_eq!(up["dropped_samples"], up["dropped"]["rejected"], "{up}");
+    assert_eq!(up["dropped_samples"], up["dropped"]["rejected_samples"], "{up}");
+    assert_eq!(up["dropped"]["rejected_batches"], 1, "{up}");
 }
 
 #[test]

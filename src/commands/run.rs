@@ -207,9 +207,9 @@ fn run(
             .map(|u| std::path::PathBuf::from(&u.token_file));
         {
             for u in uploads {
-                let name = u.name.clone();
+                // A spool that cannot be opened is tried again at every flush: it never stops
+                // the agent from starting (CONTRACT §10).
                 let up = Uploader::new(u, &settings.data_dir, agent_id.clone(), host.clone())
-                    .with_context(|| format!("cannot open the spool of sink {name}"))?
                     .with_checkin_token(checkin_key.is_some())
                     .with_crash_reports(vigil_actors::supervisor::crash_report::upload_source(
                         settings.crash_dir(),

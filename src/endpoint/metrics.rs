@@ -364,31 +364,37 @@ fn sink_families(e: &mut Exposition, s: &SinkStatus) {
         &l,
         s.errors as f64,
     );
-    for (&reason, &n) in &s.dropped {
-        // One family per unit: a sum over reasons must not add batches to bytes.
-        let (name, reason, help) = match reason {
-            "spool_full" => {
-                ("vigil_upload_dropped_batches_total", reason, "Batches dropped, by reason (spool_full).")
-            }
-            "buffer_full" | "rejected" => (
-                "vigil_upload_dropped_samples_total",
-                reason,
-                "Samples dropped, by reason (buffer_full, rejected).",
-            ),
-            "corrupt_records" => (
-                "vigil_upload_dropped_records_total",
-                "corrupt",
-                "Damaged spool records skipped when the spool was opened.",
-            ),
-            "torn_bytes" => (
-                "vigil_upload_dropped_bytes_total",
-                "torn",
-                "Bytes cut from torn spool tails when the spool was opened.",
-            ),
-            other => ("vigil_upload_dropped_total", other, "Things dropped, by reason."),
+    for (&key, &n) in &s.dropped {
+        // One family per unit (the key's suffix): a sum over reasons never adds batches to
+        // bytes.
+        let (name, reason, help) = match dropped_family(key) {
+            Some((unit, reason)) => match unit {
+                "samples" => ("vigil_upload_dropped_samples_total", reason, "Samples dropped, by reason."),
+                "batches" => ("vigil_upload_dropped_batches_total", reason, "Batches dropped, by reason."),
+                "records" => ("vigil_upload_dropped_records_total", reason, "Damaged spool records skipped."),
+                "bytes" => ("vigil_upload_dropped_bytes_total", reason, "Bytes cut from torn spool tails."),
+                "files" => {
+                    ("vigil_upload_dropped_files_total", reason, "Damaged spool files set aside as *.bad.")
+                }
+                _ => (
+                    "vigil_upload_dropped_crash_reports_total",
+                    reason,
+                    "Crash reports that could not be read to be sent.",
+                ),
+            },
+            None => ("vigil_upload_dropped_total", key, "Things dropped, by reason."),
         };
         e.add(name, Counter, help, &[("sink", &s.name), ("reason", reason)], n as f64);
     }
+}
+
+/// A `/status` `dropped` key as (unit, reason): `spool_full_batches` → (`batches`,
+/// `spool_full`), `corrupt_records` → (`records`, `corrupt`).
+fn dropped_family(key: &str) -> Option<(&'static str, &str)> {
+    ["crash_reports", "samples", "batches", "records", "bytes", "files"].into_iter().find_map(|unit| {
+        let reason = key.strip_suffix(unit)?.strip_suffix('_')?;
+        Some((unit, reason))
+    })
 }
 
 #[cfg(test)]
@@ -537,11 +543,14 @@ mod tests {
             spool_bytes: 4096,
             dropped_samples: 0,
             dropped: BTreeMap::from([
-                ("spool_full", 1),
-                ("buffer_full", 2),
-                ("rejected", 0),
+                ("spool_full_batches", 1),
+                ("spool_full_samples", 40),
+                ("buffer_full_samples", 2),
+                ("rejected_samples", 0),
                 ("corrupt_records", 0),
                 ("torn_bytes", 7),
+                ("bad_files", 1),
+                ("unreadable_crash_reports", 3),
             ]),
             last_seq: 6,
             acked_seq: 5,
@@ -615,6 +624,10 @@ mod tests {
             "vigil_upload_dropped_batches_total{reason=\"spool_full\",sink=\"main\"} 1",
             "vigil_upload_dropped_samples_total{reason=\"buffer_full\",sink=\"main\"} 2",
             "vigil_upload_dropped_bytes_total{reason=\"torn\",sink=\"main\"} 7",
+            "vigil_upload_dropped_samples_total{reason=\"spool_full\",sink=\"main\"} 40",
+            "vigil_upload_dropped_files_total{reason=\"bad\",sink=\"main\"} 1",
+            "vigil_upload_dropped_records_total{reason=\"corrupt\",sink=\"main\"} 0",
+            "vigil_upload_dropped_crash_reports_total{reason=\"unreadable\",sink=\"main\"} 3",
             "vigil_upload_acked_seq{sink=\"main\"} 5",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");

@@ -27,7 +27,7 @@ use serde::Serialize;
 use crate::backoff::Backoff;
 use crate::config::{SinkType, UploadConfig};
 use crate::upload::protocol::{Batch, WireSample};
-use crate::upload::spool::{Spool, SpoolError};
+use crate::upload::spool::Spool;
 
 /// Batches sent and not yet acknowledged, at most.
 pub const WINDOW: u64 = 16;
@@ -35,6 +35,10 @@ pub const WINDOW: u64 = 16;
 pub const PING_EVERY: Duration = Duration::from_secs(15);
 /// Samples buffered between two flushes, at most (the oldest are dropped past it, counted).
 pub const MAX_BUFFERED: usize = 1_000_000;
+/// Samples held in memory while the spool cannot take them (a full disk, EIO), at most: the
+/// oldest past it are dropped and counted as `disk_full_samples`. About 20 MiB, or hours of
+/// collection at the default interval.
+pub const MAX_HELD: usize = 200_000;
 /// The size cap of a batch: a buffer this full is flushed at once, without waiting for the
 /// interval (about 4 MiB of MessagePack; receivers accept messages up to 64 MiB).
 pub const MAX_BATCH_SAMPLES: usize = 50_000;
@@ -70,9 +74,15 @@ pub struct SinkStatus {
     /// Batches in the spool, not yet acknowledged.
     pub spooled_batches: u64,
     pub spool_bytes: u64,
+    /// The sum of every `dropped` entry counted in samples (`*_samples`).
     pub dropped_samples: u64,
-    /// Drops by reason: `spool_full` (batches), `buffer_full` (samples), `corrupt_records`
-    /// (spool records found damaged), `torn_bytes` (spool bytes cut from torn tails).
+    /// Drops by reason, each key ending in its unit: `spool_full_batches` and
+    /// `spool_full_samples` (dropped to stay under `spool_max_bytes`), `buffer_full_samples`,
+    /// `disk_full_samples` (held while the spool could not be written, past [`MAX_HELD`]),
+    /// `rejected_batches` and `rejected_samples` (refused by the receiver as bad),
+    /// `undecodable_batches` (spooled batches that no longer decode), `corrupt_records` (spool
+    /// records found damaged), `torn_bytes` (bytes cut from torn spool tails), `bad_files`
+    /// (spool files set aside as `*.bad`), `unreadable_crash_reports`.
     pub dropped: std::collections::BTreeMap<&'static str, u64>,
     pub last_seq: u64,
     pub acked_seq: u64,
@@ -118,22 +128,30 @@ pub struct Uploader {
     http_busy: bool,
     /// remote_write: the last request was accepted.
     http_ok: bool,
-    /// remote_write: samples of batches the receiver refused with a 4xx (dropped, counted).
+    /// remote_write: batches the receiver refused as bad (400, 413, 422), and their samples.
+    rejected_batches: u64,
     rejected_samples: u64,
+    /// Spooled batches that did not decode (dropped, counted).
+    undecodable_batches: u64,
+    /// Samples dropped because the spool could not take them for too long.
+    disk_full_samples: u64,
+    /// Crash reports that could not be read to be sent.
+    unreadable_crash_reports: u64,
+    /// Why the spool cannot be written, while it cannot (samples are held in memory).
+    spool_failing: Option<String>,
     /// Where [`SinkHandle::status`] reads this sink's status, published every
     /// [`STATUS_EVERY`] when it changed (and when the sink starts).
     status_tx: Option<tokio::sync::watch::Sender<SinkStatus>>,
 }
 
 impl Uploader {
-    pub fn new(
-        cfg: UploadConfig,
-        data_dir: &Path,
-        agent_id: String,
-        host: String,
-    ) -> Result<Self, SpoolError> {
+    pub fn new(cfg: UploadConfig, data_dir: &Path, agent_id: String, host: String) -> Self {
         let spool_dir = data_dir.join("spool").join(&cfg.name);
-        let spool = Spool::open(&spool_dir, cfg.spool_max_bytes)?;
+        let (spool, open_error) = Spool::open_or_retry(&spool_dir, cfg.spool_max_bytes);
+        let spool = spool.with_sample_counter(protocol::sample_count);
+        if let Some(e) = &open_error {
+            tracing::error!(sink = %cfg.name, error = %e, "Cannot open the spool; samples are held in memory (at most {MAX_HELD}) and the spool is tried again at every flush.");
+        }
         let st = spool.stats();
         if st.corrupt_records > 0 || st.torn_bytes > 0 {
             tracing::warn!(
@@ -143,11 +161,16 @@ impl Uploader {
                 "Spool had damaged records; they were skipped."
             );
         }
-        tracing::info!(sink = %cfg.name, pending = spool.pending_len(), next_seq = spool.next_seq(), "Spool opened.");
+        if st.bad_files > 0 {
+            tracing::warn!(sink = %cfg.name, bad_files = st.bad_files, "Damaged spool files were set aside as *.bad (counted as bad_files).");
+        }
+        if open_error.is_none() {
+            tracing::info!(sink = %cfg.name, pending = spool.pending_len(), next_seq = spool.next_seq(), "Spool opened.");
+        }
         if let Some(w) = crate::config::secret_file_warning(&cfg.token_file, "upload.token_file") {
             tracing::warn!(sink = %cfg.name, "{w}");
         }
-        Ok(Self {
+        let mut up = Self {
             cfg,
             agent_id,
             host,
@@ -169,9 +192,19 @@ impl Uploader {
             crash_marker: spool_dir.join("crash_reports_sent"),
             http_busy: false,
             http_ok: false,
+            rejected_batches: 0,
             rejected_samples: 0,
+            undecodable_batches: 0,
+            disk_full_samples: 0,
+            unreadable_crash_reports: 0,
+            spool_failing: None,
             status_tx: None,
-        })
+        };
+        if let Some(e) = open_error {
+            up.error(format!("spool: {e}"));
+            up.spool_failing = Some(e.to_string());
+        }
+        up
     }
 
     /// Records an error: shown in `/status` as `last_error`, counted in `errors`.
@@ -195,7 +228,7 @@ impl Uploader {
 
     /// Crash reports newer than the last one spooled for this sink (IDs sort by time), from
     /// the source the owner handed in ([`Uploader::with_crash_reports`]).
-    fn new_crash_reports(&self) -> (Vec<serde_json::Value>, Option<String>) {
+    fn new_crash_reports(&mut self) -> (Vec<serde_json::Value>, Option<String>) {
         let Some(source) = &self.crash_reports else { return (Vec::new(), None) };
         let last =
             std::fs::read_to_string(&self.crash_marker).map(|s| s.trim().to_string()).unwrap_or_default();
@@ -205,7 +238,8 @@ impl Uploader {
             match report {
                 Ok(r) => out.push(r),
                 Err(e) => {
-                    tracing::warn!(sink = %self.cfg.name, error = %e, "Cannot read a crash report to upload.")
+                    self.unreadable_crash_reports += 1;
+                    tracing::warn!(sink = %self.cfg.name, id = %id, error = %e, "Cannot read a crash report to upload; it is not sent (counted as unreadable_crash_reports).")
                 }
             }
             newest = Some(id);
@@ -214,6 +248,12 @@ impl Uploader {
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
+        // A spool whose directory could not be opened is tried again before anything is
+        // numbered (opening it may move the next seq).
+        if let Err(e) = self.spool.retry_open() {
+            self.spool_failed(format!("spool: {e}"));
+            return;
+        }
         let (crash_reports, newest_report) = self.new_crash_reports();
         if self.buffer.is_empty() && crash_reports.is_empty() {
             return;
@@ -223,6 +263,9 @@ impl Uploader {
         match self.spool.append(&bytes) {
             Ok(seq) => {
                 debug_assert_eq!(seq, batch.seq);
+                if let Some(why) = self.spool_failing.take() {
+                    tracing::info!(sink = %self.cfg.name, after = %why, "The spool takes batches again; what was held in memory is spooled.");
+                }
                 // Spooled is as good as delivered (the spool resends until acked): mark the
                 // reports sent for this sink.
                 if let Some(id) = newest_report {
@@ -236,15 +279,30 @@ impl Uploader {
             }
             Err(e) => {
                 // Nothing durable was written: keep the samples for the next flush.
-                tracing::error!(sink = %self.cfg.name, error = %e, "Cannot spool a batch; keeping it in memory.");
-                self.error(format!("spool: {e}"));
                 let mut samples = batch.samples;
                 samples.append(&mut self.buffer);
                 self.buffer = samples;
+                self.spool_failed(format!("spool: {e}"));
             }
         }
         self.pump(ctx);
         self.publish_status();
+    }
+
+    /// The spool did not take a batch (a full disk, EIO, a directory it cannot open): the
+    /// samples stay in memory, at most [`MAX_HELD`]; the oldest past that are counted as
+    /// `disk_full_samples`. Logged once per failure spell, counted in `errors` every time.
+    fn spool_failed(&mut self, why: String) {
+        if self.spool_failing.is_none() {
+            tracing::error!(sink = %self.cfg.name, error = %why, held = self.buffer.len(), "Cannot spool a batch; its samples are held in memory (at most {MAX_HELD}) and spooled when the disk takes them again.");
+        }
+        self.spool_failing = Some(why.clone());
+        self.error(why);
+        if self.buffer.len() > MAX_HELD {
+            let excess = self.buffer.len() - MAX_HELD;
+            self.buffer.drain(..excess);
+            self.disk_full_samples += excess as u64;
+        }
     }
 
     /// Sends pending batches: over the WebSocket up to the window ([`native`]), or one
@@ -302,12 +360,19 @@ impl Uploader {
     fn status(&self) -> SinkStatus {
         let st = self.spool.stats();
         let dropped = std::collections::BTreeMap::from([
-            ("spool_full", st.dropped_records),
-            ("buffer_full", self.dropped_buffer),
+            ("spool_full_batches", st.dropped_records),
+            ("spool_full_samples", st.dropped_samples),
+            ("buffer_full_samples", self.dropped_buffer),
+            ("disk_full_samples", self.disk_full_samples),
+            ("rejected_batches", self.rejected_batches),
+            ("rejected_samples", self.rejected_samples),
+            ("undecodable_batches", self.undecodable_batches),
             ("corrupt_records", st.corrupt_records),
             ("torn_bytes", st.torn_bytes),
-            ("rejected", self.rejected_samples),
+            ("bad_files", st.bad_files),
+            ("unreadable_crash_reports", self.unreadable_crash_reports),
         ]);
+        let dropped_samples = dropped.iter().filter(|(k, _)| k.ends_with("_samples")).map(|(_, v)| v).sum();
         SinkStatus {
             name: self.cfg.name.clone(),
             kind: match self.cfg.kind {
@@ -318,7 +383,7 @@ impl Uploader {
             sent_batches: self.acked_batches,
             spooled_batches: self.spool.pending_len() as u64,
             spool_bytes: self.spool.bytes(),
-            dropped_samples: self.dropped_buffer + self.rejected_samples,
+            dropped_samples,
             dropped,
             last_seq: self.spool.next_seq().saturating_sub(1),
             acked_seq: self.spool.acked(),
@@ -363,9 +428,11 @@ impl Handler<SpoolNow> for Uploader {
 impl Uploader {
     /// On shutdown: the last samples go into the spool (not lost, sent after the restart).
     fn spool_remaining(&mut self) {
+        let _ = self.spool.retry_open();
         while !self.buffer.is_empty() {
             let batch = self.next_batch(Vec::new());
             if let Err(e) = self.spool.append(&protocol::encode(&batch)) {
+                self.disk_full_samples += (batch.samples.len() + self.buffer.len()) as u64;
                 tracing::error!(sink = %self.cfg.name, error = %e, samples = batch.samples.len() + self.buffer.len(), "Cannot spool the last samples at shutdown; they are lost.");
                 self.buffer.clear();
             }
@@ -494,7 +561,7 @@ impl SinkHandle {
     pub fn status(&self) -> SinkStatus {
         let mut st = self.status.borrow().clone();
         let refused = self.refused.load(std::sync::atomic::Ordering::Relaxed);
-        *st.dropped.entry("buffer_full").or_default() += refused;
+        *st.dropped.entry("buffer_full_samples").or_default() += refused;
         st.dropped_samples += refused;
         st
     }
@@ -531,7 +598,7 @@ mod tests {
             flush_interval_secs: 3600.0,
             ..UploadConfig::default()
         };
-        let up = Uploader::new(cfg, &dir, "agent".into(), "host".into()).unwrap().start();
+        let up = Uploader::new(cfg, &dir, "agent".into(), "host".into()).start();
         let sample = WireSample { name: "x".into(), tags: Default::default(), ts_ms: 1, value: 1.0 };
         for _ in 0..12 {
             up.send(Publish(std::sync::Arc::new(vec![sample.clone(); 10_000]))).await.unwrap();
@@ -542,8 +609,8 @@ mod tests {
             "120,000 samples: two full batches spooled at once, 20,000 still buffered"
         );
         assert_eq!(st.spooled_batches, 2);
-        let spool = Spool::open(&dir.join("spool/cap"), 1 << 30).unwrap();
-        for rec in spool.pending() {
+        let mut spool = Spool::open(&dir.join("spool/cap"), 1 << 30).unwrap();
+        for rec in spool.read_all() {
             let b: Batch = protocol::decode(&rec.payload).unwrap();
             assert_eq!(b.samples.len(), MAX_BATCH_SAMPLES);
         }
@@ -564,8 +631,7 @@ mod tests {
                 token_file: own.display().to_string(),
                 ..UploadConfig::default()
             };
-            let mut up =
-                Uploader::new(cfg, dir.path(), "a".into(), "h".into()).unwrap().with_checkin_token(checkins);
+            let mut up = Uploader::new(cfg, dir.path(), "a".into(), "h".into()).with_checkin_token(checkins);
             up.token()
         };
         use crate::config::SinkType;

@@ -30,18 +30,39 @@ struct Conn {
 
 impl Uploader {
     /// Sends pending batches up to the window.
+    /// Payloads are read back from the spool one at a time, so at most the window is in
+    /// memory however long the backlog.
     pub(super) fn pump_ws(&mut self) {
-        let Some(tx) = &self.conn else { return };
+        if self.conn.is_none() {
+            return;
+        }
         let acked = self.spool.acked();
         let start = self.sent_upto.max(acked);
-        for rec in self.spool.pending().filter(|r| r.seq > start) {
-            if rec.seq > acked + WINDOW {
+        let seqs: Vec<u64> = self
+            .spool
+            .pending_seqs()
+            .skip_while(|&s| s <= start)
+            .take_while(|&s| s <= acked + WINDOW)
+            .collect();
+        for seq in seqs {
+            let rec = match self.spool.read(seq) {
+                Ok(rec) => rec,
+                Err(e @ super::spool::SpoolError::Damaged { .. }) => {
+                    tracing::error!(sink = %self.cfg.name, seq, error = %e, "A spooled batch was damaged on disk; skipped (counted as corrupt_records).");
+                    self.spool.skip_damaged(seq);
+                    continue;
+                }
+                Err(e) => {
+                    // Tried again at the next ack or flush.
+                    self.error(format!("spool: {e}"));
+                    break;
+                }
+            };
+            let Some(tx) = &self.conn else { return };
+            if tx.send((rec.seq, rec.payload)).is_err() {
                 break;
             }
-            if tx.send((rec.seq, rec.payload.clone())).is_err() {
-                break;
-            }
-            self.sent_upto = rec.seq;
+            self.sent_upto = seq;
         }
     }
 

@@ -38,6 +38,16 @@ pub enum ServerMsg {
     Ack { seq: u64 },
 }
 
+/// The number of samples in an encoded [`Batch`], without decoding them (0 when it does not
+/// decode): what the spool counts when its size limit drops a batch.
+pub fn sample_count(bytes: &[u8]) -> u64 {
+    #[derive(Deserialize)]
+    struct Count {
+        samples: Vec<serde::de::IgnoredAny>,
+    }
+    decode::<Count>(bytes).map_or(0, |c| c.samples.len() as u64)
+}
+
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     rmp_serde::to_vec_named(msg).expect("protocol messages always encode")
 }

@@ -140,11 +140,21 @@ impl Uploader {
         if self.http_busy {
             return;
         }
-        let Some(rec) = self.spool.pending().next().cloned() else { return };
+        let Some(seq) = self.spool.first_pending() else { return };
+        let rec = match self.spool.read(seq) {
+            Ok(rec) => rec,
+            Err(e @ super::spool::SpoolError::Damaged { .. }) => {
+                tracing::error!(sink = %self.cfg.name, seq, error = %e, "A spooled batch was damaged on disk; skipped (counted as corrupt_records).");
+                self.spool.skip_damaged(seq);
+                return self.pump_http(ctx);
+            }
+            Err(e) => return self.retry_http(ctx, format!("spool: {e}")),
+        };
         let batch: Batch = match protocol::decode(&rec.payload) {
             Ok(b) => b,
             Err(e) => {
-                tracing::error!(sink = %self.cfg.name, seq = rec.seq, error = %e, "Spooled batch does not decode; dropped.");
+                tracing::error!(sink = %self.cfg.name, seq = rec.seq, error = %e, "Spooled batch does not decode; dropped (counted as undecodable_batches).");
+                self.undecodable_batches += 1;
                 self.ack_http(rec.seq, ctx);
                 return;
             }
@@ -207,6 +217,7 @@ impl Uploader {
                 Ok((Outcome::Reject, code, text, _)) => {
                     tracing::error!(sink = %this.cfg.name, seq = rec.seq, status = code, response = %text.trim(), "Receiver rejected a batch; dropped (counted as rejected).");
                     this.error(format!("HTTP {code}: {}", text.trim()));
+                    this.rejected_batches += 1;
                     this.rejected_samples += samples;
                     this.ack_http(rec.seq, ctx);
                 }
