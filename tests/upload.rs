@@ -209,6 +209,112 @@ fn a_damaged_spool_is_recovered_and_counted() {
     drop(dir);
 }
 
+/// After the spool is lost (the disk replaced, a wipe) the sink starts again at seq 1 while
+/// the receiver already holds higher seqs of the same agent: the receiver's Hello makes the
+/// sink number above them, and the batches spooled before it connected are spooled again
+/// above them. Nothing is discarded as a duplicate.
+#[test]
+fn a_lost_spool_numbers_above_what_the_receiver_holds_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let rlog = dir.path().join("recv.log");
+    let r = Receiver::start("127.0.0.1:0", &out, &rlog);
+    let addr = r.addr.clone();
+    let cfg = config(&format!("ws://{addr}/v1/ingest"));
+    let agent = Agent::start(&cfg, &[]);
+    wait_lines(&r, 4);
+    let (_, agent) = agent.stop(Duration::from_secs(10));
+    drop(r);
+    let held = r_max_seq(&out);
+    assert!(held >= 4);
+    std::fs::remove_dir_all(agent.data_dir().join("spool/main")).unwrap();
+    // Restarted with the receiver away: batches 1, 2, 3 … go into the new spool.
+    let agent = agent.restart(&cfg);
+    let s = agent.wait_status(T, "a few batches in the new spool", |s| {
+        s["uploads"][0]["spooled_batches"].as_u64() >= Some(3)
+    });
+    assert!(s["uploads"][0]["last_seq"].as_u64().unwrap() <= held, "the new spool starts low: {s:#}");
+    let away_until = chrono::Utc::now().timestamp_millis();
+    let r = Receiver::start(&addr, &out, &rlog);
+    let s = agent.wait_status(T, "the new spool delivered", |s| {
+        let u = &s["uploads"][0];
+        u["connected"] == true && u["spooled_batches"] == 0 && u["acked_seq"].as_u64() > Some(held)
+    });
+    let lines = r.lines();
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    let after: Vec<u64> = seqs.iter().copied().filter(|&x| x > held).collect();
+    assert_eq!(
+        seqs.len(),
+        held as usize + after.len(),
+        "nothing stored twice, nothing below the mark: {seqs:?}"
+    );
+    assert_eq!(
+        after,
+        ((held + 1)..=held + after.len() as u64).collect::<Vec<_>>(),
+        "contiguous above the mark"
+    );
+    let earliest_new = lines
+        .iter()
+        .filter(|l| l["seq"].as_u64() > Some(held))
+        .flat_map(|l| l["samples"].as_array().unwrap().clone())
+        .map(|x| x["ts_ms"].as_i64().unwrap())
+        .min()
+        .unwrap();
+    assert!(earliest_new < away_until, "samples spooled while the receiver was away arrived");
+    assert_eq!(agent.log_lines("numbering continues above the receiver's").len(), 1, "{}", agent.log_tail());
+    assert_eq!(s["uploads"][0]["dropped_samples"], 0);
+}
+
+fn r_max_seq(out: &Path) -> u64 {
+    std::fs::read_to_string(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["seq"].as_u64().unwrap())
+        .max()
+        .unwrap()
+}
+
+/// A receiver that crashed in the middle of a line, after a line that is not UTF-8, starts:
+/// the torn line is cut off (kept in `FILE.torn`), the bad line skipped, and the seqs of the
+/// good lines still count, so the agent's next batch is numbered above them.
+#[test]
+fn receive_repairs_a_torn_last_line_and_starts_on_a_non_utf8_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let agent_id = "0123456789abcdef0123456789abcdef";
+    let line = |seq: u64| {
+        format!(
+            "{{\"agent_id\":\"{agent_id}\",\"sink\":\"main\",\"seq\":{seq},\"host\":\"h\",\"samples\":[],\"crash_reports\":[]}}\n"
+        )
+    };
+    let mut data = line(1).into_bytes();
+    data.extend(b"\xff\xfe not utf-8 \xc3\x28\n");
+    data.extend(line(2).as_bytes());
+    let torn = line(3);
+    let torn = &torn.as_bytes()[..torn.len() - 1]; // complete JSON, no newline: never acked
+    data.extend(torn);
+    std::fs::write(&out, &data).unwrap();
+    let r = Receiver::start("127.0.0.1:0", &out, &dir.path().join("recv.log"));
+    assert_eq!(std::fs::read(dir.path().join("out.jsonl.torn")).unwrap(), torn);
+    let kept = std::fs::read(&out).unwrap();
+    assert_eq!(kept.len(), data.len() - torn.len());
+    let rlog = std::fs::read_to_string(dir.path().join("recv.log")).unwrap();
+    assert!(rlog.contains("torn line"), "{rlog}");
+    // An agent with that ID and a new spool: its batches go above 2 (3 was never acked).
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join("data")).unwrap();
+    std::fs::write(home.path().join("data/agent_id"), agent_id).unwrap();
+    let agent = Agent::start_in(home, &config(&format!("ws://{}/v1/ingest", r.addr)), &[]);
+    agent.wait_status(T, "two batches acked", |s| s["uploads"][0]["acked_seq"].as_u64() >= Some(4));
+    let text = std::fs::read(&out).unwrap();
+    let seqs: Vec<u64> = text[kept.len()..]
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice::<Value>(l).unwrap()["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs[..2], [3, 4], "numbered above the receiver's 2: {seqs:?}");
+}
+
 /// A running dnsmasq answering `known.vigil.test` on a free loopback port.
 struct Dnsmasq {
     child: Child,

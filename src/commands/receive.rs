@@ -30,12 +30,29 @@ struct Store {
 }
 
 impl Store {
+    /// Opens FILE for appending after reading back the highest seq of every (agent, sink).
+    /// Lines that do not parse (not JSON, not UTF-8) are skipped with a warning. A last line
+    /// without its newline (a write cut short by a crash) is cut off, its bytes kept in
+    /// `FILE.torn` for inspection, so the next batch starts on a line of its own; that batch
+    /// was never acknowledged, so its sink sends it again.
     fn open(path: &Path) -> anyhow::Result<Store> {
         let mut seen = HashMap::new();
         if let Ok(f) = File::open(path) {
-            for (n, line) in BufReader::new(f).lines().enumerate() {
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            let torn = len > 0 && {
+                let mut last = [0u8];
+                std::os::unix::fs::FileExt::read_exact_at(&f, &mut last, len - 1).is_ok() && last[0] != b'\n'
+            };
+            let mut offset = 0u64;
+            let mut last_start = 0u64;
+            for (n, line) in BufReader::new(f).split(b'\n').enumerate() {
                 let line = line.with_context(|| format!("cannot read {}", path.display()))?;
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                last_start = offset;
+                offset += line.len() as u64 + 1;
+                if torn && offset > len {
+                    break; // the torn last line: never acknowledged, so never counted
+                }
+                let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line) else {
                     tracing::warn!(line = n + 1, "Ignoring an unreadable line of the output file.");
                     continue;
                 };
@@ -44,6 +61,9 @@ impl Store {
                     let e = seen.entry((a.to_string(), sink)).or_insert(0);
                     *e = (*e).max(s);
                 }
+            }
+            if torn {
+                repair_torn_tail(path, last_start)?;
             }
         }
         let out = OpenOptions::new()
@@ -86,6 +106,35 @@ impl Store {
         self.seen.insert(key, b.seq);
         Ok(true)
     }
+}
+
+/// Cuts FILE at `at` (the start of a last line that has no newline), keeping the cut bytes in
+/// `FILE.torn` (appended), and says so in the log.
+fn repair_torn_tail(path: &Path, at: u64) -> anyhow::Result<()> {
+    let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let tail = &data[at as usize..];
+    let keep = path.with_extension(match path.extension() {
+        Some(e) => format!("{}.torn", e.to_string_lossy()),
+        None => "torn".into(),
+    });
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&keep)
+        .and_then(|mut f| f.write_all(tail).and_then(|_| f.sync_data()))
+        .with_context(|| format!("cannot save the torn last line to {}", keep.display()))?;
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    f.set_len(at).and_then(|_| f.sync_data()).with_context(|| format!("cannot cut {}", path.display()))?;
+    tracing::warn!(
+        file = %path.display(),
+        bytes = tail.len(),
+        kept_in = %keep.display(),
+        "The output file ended in a torn line (a write cut short); it was cut off. Its batch was never acknowledged and will be sent again."
+    );
+    Ok(())
 }
 
 #[derive(clap::Args, Debug)]
@@ -204,7 +253,25 @@ async fn ingest(
         tracing::warn!(peer = ?req.peer_addr(), "Connection without the right bearer token refused.");
         return Ok(HttpResponse::Unauthorized().finish());
     }
-    let (resp, mut session, stream) = actix_ws::handle(&req, body)?;
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    // A sink that names itself learns the highest seq stored for it, before anything else.
+    let hello = match (header(protocol::AGENT_HEADER), header(protocol::SINK_HEADER)) {
+        (Some(agent), Some(sink)) => {
+            let high = store.lock().map(|s| s.seen.get(&(agent, sink)).copied().unwrap_or(0)).unwrap_or(0);
+            Some(high)
+        }
+        _ => None,
+    };
+    let (mut resp, mut session, stream) = actix_ws::handle(&req, body)?;
+    if let Some(high) = hello {
+        resp.headers_mut().insert(
+            actix_web::http::header::HeaderName::from_static(protocol::HELLO_HEADER),
+            actix_web::http::header::HeaderValue::from_static("1"),
+        );
+        if session.binary(protocol::encode(&ServerMsg::Hello { high_seq: high })).await.is_err() {
+            return Ok(resp);
+        }
+    }
     let mut stream = stream
         .max_frame_size(64 * 1024 * 1024)
         .aggregate_continuations()

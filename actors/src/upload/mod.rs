@@ -104,6 +104,8 @@ pub struct Uploader {
     /// Sender to the connection's writer task, while connected.
     conn: Option<tokio::sync::mpsc::UnboundedSender<(u64, Vec<u8>)>>,
     connecting: bool,
+    /// Connected to a receiver that sends a Hello first; nothing is sent until it arrives.
+    awaiting_hello: bool,
     /// Highest seq sent on the current connection.
     sent_upto: u64,
     backoff: Backoff,
@@ -178,6 +180,7 @@ impl Uploader {
             buffer: Vec::new(),
             conn: None,
             connecting: false,
+            awaiting_hello: false,
             sent_upto: 0,
             backoff: Backoff::new(BACKOFF_MIN, BACKOFF_MAX),
             acked_batches: 0,

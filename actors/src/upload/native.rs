@@ -18,6 +18,7 @@ use super::{Uploader, PING_EVERY, WINDOW};
 #[rtype(result = "()")]
 enum ConnEvent {
     Acked(u64),
+    Hello(u64),
     Closed(String),
 }
 
@@ -33,7 +34,7 @@ impl Uploader {
     /// Payloads are read back from the spool one at a time, so at most the window is in
     /// memory however long the backlog.
     pub(super) fn pump_ws(&mut self) {
-        if self.conn.is_none() {
+        if self.conn.is_none() || self.awaiting_hello {
             return;
         }
         let acked = self.spool.acked();
@@ -76,14 +77,21 @@ impl Uploader {
         let url = self.cfg.url.clone();
         let token = self.token();
         let tls = self.tls();
+        let (agent, sink) = (self.agent_id.clone(), self.cfg.name.clone());
         let fut = async move {
             // Names resolve through hickory, never libc's getaddrinfo.
             let client = crate::resolver::http_client(Duration::from_secs(10), tls?);
-            let mut req = client.ws(url.as_str());
+            let mut req = client
+                .ws(url.as_str())
+                .set_header(protocol::AGENT_HEADER, agent)
+                .set_header(protocol::SINK_HEADER, sink);
             if let Some(t) = token {
                 req = req.bearer_auth(t);
             }
-            req.connect().await.map(|(_, framed)| framed).map_err(|e| e.to_string())
+            req.connect()
+                .await
+                .map(|(resp, framed)| (resp.headers().contains_key(protocol::HELLO_HEADER), framed))
+                .map_err(|e| e.to_string())
         };
         ctx.spawn(fut.into_actor(self).map(move |res, this, ctx| {
             this.connecting = false;
@@ -93,8 +101,20 @@ impl Uploader {
                 return this.connect(ctx);
             }
             match res {
-                Ok(framed) => {
+                Ok((hello, framed)) => {
                     tracing::info!(sink = %this.cfg.name, url = %this.cfg.url, "Upload connection established.");
+                    // A receiver that announces a Hello gets nothing before it: a batch sent
+                    // under a seq it already holds would be acked and discarded.
+                    this.awaiting_hello = hello;
+                    if hello {
+                        let within = crate::config::secs(this.cfg.ack_timeout_secs);
+                        ctx.run_later(within, move |this, ctx| {
+                            if this.generation == generation && this.awaiting_hello && this.conn.is_some() {
+                                this.generation += 1;
+                                this.disconnected(ctx, format!("no Hello from the receiver within ack_timeout_secs ({} s)", within.as_secs_f64()));
+                            }
+                        });
+                    }
                     this.backoff.reset();
                     this.last_error = None;
                     let (tx, rx) = mpsc::unbounded_channel();
@@ -112,6 +132,7 @@ impl Uploader {
 
     fn disconnected(&mut self, ctx: &mut Context<Self>, why: String) {
         self.conn = None;
+        self.awaiting_hello = false;
         let delay = self.backoff.next_delay();
         tracing::warn!(
             sink = %self.cfg.name,
@@ -175,6 +196,9 @@ fn run_connection<F>(
                             Ok(ServerMsg::Ack { seq }) => {
                                 deadlines.acked(seq);
                                 addr.do_send(Conn { generation, ev: ConnEvent::Acked(seq) })
+                            }
+                            Ok(ServerMsg::Hello { high_seq }) => {
+                                addr.do_send(Conn { generation, ev: ConnEvent::Hello(high_seq) })
                             }
                             Err(e) => tracing::warn!(error = %e, "Ignoring an undecodable message from the receiver."),
                         },
@@ -270,6 +294,11 @@ impl Handler<Conn> for Uploader {
                 self.acked_batches += self.spool.acked().saturating_sub(before);
                 self.pump(ctx);
             }
+            ConnEvent::Hello(high) => {
+                self.receiver_holds(high);
+                self.awaiting_hello = false;
+                self.pump(ctx);
+            }
             ConnEvent::Closed(why) => {
                 if self.conn.is_some() {
                     self.disconnected(ctx, why);
@@ -278,6 +307,50 @@ impl Handler<Conn> for Uploader {
         }
         // What changed is visible in /status at once, not at the next STATUS_EVERY tick.
         self.publish_status();
+    }
+}
+
+impl Uploader {
+    /// The receiver holds every batch of this sink up to `high` ([`ServerMsg::Hello`]). The
+    /// next batch is numbered above it, and the unacknowledged batches at or below it are
+    /// acknowledged: the receiver has them. Except when the spool is new (it was started from
+    /// nothing, so the receiver's batches came from a spool that was lost): then those batches
+    /// are new data under stale seqs, and are spooled again above `high` first.
+    pub(super) fn receiver_holds(&mut self, high: u64) {
+        let renumber: Vec<u64> = if self.spool.is_new() {
+            self.spool.pending_seqs().take_while(|&s| s <= high).collect()
+        } else {
+            Vec::new()
+        };
+        if self.spool.next_seq() <= high {
+            tracing::warn!(
+                sink = %self.cfg.name,
+                receiver_high_seq = high,
+                next_seq = self.spool.next_seq(),
+                renumbered = renumber.len(),
+                "The receiver holds seqs above this sink's (its spool was lost or restored); numbering continues above the receiver's."
+            );
+        }
+        self.spool.advance_next_seq(high + 1);
+        for seq in renumber {
+            let batch =
+                self.spool.read(seq).ok().and_then(|r| protocol::decode::<protocol::Batch>(&r.payload).ok());
+            let Some(mut batch) = batch else {
+                self.undecodable_batches += 1;
+                continue;
+            };
+            batch.seq = self.spool.next_seq();
+            if let Err(e) = self.spool.append(&protocol::encode(&batch)) {
+                // Tried again at the next connection (the spool stays new).
+                self.spool_failed(format!("spool: {e}"));
+                return;
+            }
+        }
+        if let Err(e) = self.spool.ack(high) {
+            tracing::error!(sink = %self.cfg.name, error = %e, "Cannot record an ack in the spool.");
+            self.error(format!("spool: {e}"));
+        }
+        self.spool.mark_known();
     }
 }
 

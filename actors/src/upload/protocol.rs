@@ -36,7 +36,18 @@ pub enum ServerMsg {
     /// The batch `seq` is stored (or was already): the client may forget it and all
     /// earlier ones.
     Ack { seq: u64 },
+    /// Sent first on a connection whose upgrade request named the agent and the sink
+    /// (`X-Vigil-Agent-Id`, `X-Vigil-Sink`): the highest seq the receiver stored for them (0
+    /// for none). The sink numbers its next batch above it, so a lost or restored spool never
+    /// makes the receiver discard new batches as duplicates.
+    Hello { high_seq: u64 },
 }
+
+/// Request headers naming the agent and the sink on the WebSocket upgrade, and the response
+/// header by which a receiver says a [`ServerMsg::Hello`] follows.
+pub const AGENT_HEADER: &str = "x-vigil-agent-id";
+pub const SINK_HEADER: &str = "x-vigil-sink";
+pub const HELLO_HEADER: &str = "x-vigil-hello";
 
 /// The number of samples in an encoded [`Batch`], without decoding them (0 when it does not
 /// decode): what the spool counts when its size limit drops a batch.

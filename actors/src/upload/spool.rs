@@ -142,6 +142,9 @@ pub struct Spool {
     samples_of: SampleCounter,
     /// Why the directory could not be opened, while it cannot ([`Spool::open_or_retry`]).
     unavailable: Option<String>,
+    /// The spool was started from nothing (no `acked`, no segment) and no receiver has told it
+    /// its high-water mark yet: the `new` marker file ([`Spool::is_new`]).
+    new: bool,
 }
 
 impl Spool {
@@ -186,6 +189,23 @@ impl Spool {
             reader: None,
             samples_of: |_| 0,
             unavailable: None,
+            new: false,
+        }
+    }
+
+    /// True while this spool was started from nothing (a first start, or its directory was
+    /// lost or replaced) and no receiver has said which seqs it already holds: its batches may
+    /// carry seqs a receiver stored before, from the lost spool. Kept across restarts (the
+    /// `new` file) until [`Spool::mark_known`].
+    pub fn is_new(&self) -> bool {
+        self.new
+    }
+
+    /// A receiver told the sink its high-water mark: the spool is no longer new.
+    pub fn mark_known(&mut self) {
+        if self.new {
+            self.new = false;
+            let _ = fs::remove_file(self.dir.join("new"));
         }
     }
 
@@ -207,6 +227,7 @@ impl Spool {
     fn load(&mut self) -> Result<(), SpoolError> {
         let dir = self.dir.clone();
         fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io(&dir))?;
+        let had_acked = dir.join("acked").symlink_metadata().is_ok();
         let acked = self.read_acked();
         let mut names: Vec<(u64, PathBuf)> = fs::read_dir(&dir)
             .map_err(io(&dir))?
@@ -266,6 +287,14 @@ impl Spool {
                 bytes: valid_len,
                 entries,
             });
+        }
+        let marker = dir.join("new");
+        self.new = marker.exists();
+        if !had_acked && !self.new && self.segments.is_empty() && self.next_seq == 1 {
+            // Nothing here: a first start, or the spool was lost.
+            self.new =
+                OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&marker).is_ok();
+            sync_dir(&dir);
         }
         Ok(())
     }
@@ -850,6 +879,28 @@ mod tests {
             all.iter().map(|r| (r.seq, r.payload.as_slice())).collect::<Vec<_>>(),
             vec![(1, &b"one"[..]), (2, &b"two"[..])]
         );
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// A spool started from nothing stays "new" across restarts until a receiver said what it
+    /// holds; one with history never is.
+    #[test]
+    fn new_until_a_receiver_told_its_mark() {
+        let d = dir("new");
+        let mut s = Spool::open(&d, 1 << 30).unwrap();
+        assert!(s.is_new());
+        s.append(b"a").unwrap();
+        drop(s);
+        let mut s = Spool::open(&d, 1 << 30).unwrap();
+        assert!(s.is_new(), "still unknown to any receiver");
+        s.advance_next_seq(100);
+        assert_eq!(s.append(b"b").unwrap(), 100);
+        s.mark_known();
+        s.ack(1).unwrap();
+        drop(s);
+        let s = Spool::open(&d, 1 << 30).unwrap();
+        assert!(!s.is_new());
+        assert_eq!(s.next_seq(), 101);
         fs::remove_dir_all(&d).unwrap();
     }
 
