@@ -410,3 +410,38 @@ pub fn crash_files(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// A child process that is killed and reaped when this goes out of scope, so a test that
+/// fails half-way never leaves it running.
+pub struct Reaped(pub Child);
+
+impl Reaped {
+    pub fn spawn(cmd: &mut Command) -> Reaped {
+        Reaped(cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}")))
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+
+    /// Sends `sig` and waits (at most `within`) for the exit.
+    pub fn stop(&mut self, sig: i32, within: Duration) -> ExitStatus {
+        // SAFETY: signalling our own child, which has not been reaped yet.
+        unsafe { libc::kill(self.pid(), sig) };
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(st) = self.0.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "pid {} did not exit within {within:?}", self.pid());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -73,30 +73,77 @@ fn an_empty_token_file_is_refused() {
 }
 
 #[test]
-fn unix_socket_listener_is_private_and_never_replaces_a_file() {
+fn files_and_the_unix_socket_are_private_from_the_start_and_a_file_is_never_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("status.sock");
-    let cfg =
-        fast_config("").replace("listen = \"127.0.0.1:0\"", &format!("listen = \"unix:{}\"", sock.display()));
+    let cfg = fast_config("")
+        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"unix:{}\"", sock.display()))
+        + "[[upload]]\nname = \"main\"\nurl = \"ws://127.0.0.1:9/v1/ingest\"\nflush_interval_secs = 0.2\n";
     let cfg_path = dir.path().join("vigil.toml");
     std::fs::write(&cfg_path, &cfg).unwrap();
-    let mut child = std::process::Command::new(vigil())
-        .args(["run", "--config"])
-        .arg(&cfg_path)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    // Under umask 000 every file would be created open to all; the socket must never be.
+    let old_umask = unsafe { libc::umask(0) };
+    let mut child = Reaped::spawn(
+        std::process::Command::new(vigil())
+            .args(["run", "--config"])
+            .arg(&cfg_path)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env("VIGIL_FAULT", "segv@0.5x1")
+            .stderr(std::process::Stdio::null()),
+    );
+    unsafe { libc::umask(old_umask) };
+    // Watch the path as it appears: whenever it exists, it is a socket of mode 0600.
     let t0 = std::time::Instant::now();
-    while !sock.exists() && t0.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(20));
+    let mut looks = 0u64;
+    while t0.elapsed() < Duration::from_secs(10) {
+        if let Ok(meta) = std::fs::symlink_metadata(&sock) {
+            looks += 1;
+            assert!(meta.file_type().is_socket());
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "reachable by others at look {looks}");
+            if looks > 1000 {
+                break;
+            }
+        }
     }
-    let meta = std::fs::symlink_metadata(&sock).expect("socket created");
-    assert!(meta.file_type().is_socket());
-    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(looks > 1000, "socket never appeared");
+    let data = dir.path().join("data");
+    let crashes = data.join("crashes");
+    let t0 = std::time::Instant::now();
+    while std::fs::read_dir(&crashes).map_or(true, |d| {
+        d.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count() < 2
+    }) {
+        assert!(t0.elapsed() < Duration::from_secs(15), "no crash report");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "data dir");
+    assert_eq!(mode(&crashes), 0o700, "crash dir");
+    for e in std::fs::read_dir(&crashes).unwrap().flatten() {
+        assert_eq!(mode(&e.path()), 0o600, "{} (a stderr tail can hold secrets)", e.path().display());
+    }
+    assert_eq!(mode(&data.join("agent_id")), 0o600);
+    let spool = data.join("spool/main");
+    assert_eq!(mode(&spool), 0o700);
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_dir(&spool)
+        .unwrap()
+        .flatten()
+        .any(|e| e.path().extension().is_some_and(|x| x == "seg"))
+    {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no segment");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for e in std::fs::read_dir(&spool).unwrap().flatten() {
+        assert_eq!(mode(&e.path()), 0o600, "{}", e.path().display());
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".vigil-bind"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(child.stop(libc::SIGTERM, Duration::from_secs(15)).code(), Some(0));
 
     // A regular file at the socket path is an error, and survives.
     let _ = std::fs::remove_file(&sock);

@@ -99,8 +99,7 @@ fn run(
     let log =
         crate::logging::init_supervisor(cfg.agent.log_level, cfg.agent.log_format, log_file.as_deref())?;
     let data_dir = abs(&config::data_dir(args.data_dir.as_deref(), &cfg));
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    make_private_dir(&data_dir)?;
     let listen = cfg.status.listen_addr().map_err(anyhow::Error::msg)?;
     let token = match cfg.status.token_file.as_str() {
         "" => None,
@@ -313,4 +312,31 @@ fn url_host(url: &str) -> Option<String> {
         url::Host::Ipv4(a) => Some(a.to_string()),
         url::Host::Ipv6(a) => Some(a.to_string()),
     }
+}
+
+/// Creates the data dir with mode 0700 (crash reports hold stderr tails, which can hold
+/// secrets; the spool holds every sample). One that exists and is open to others is tightened
+/// to 0700, with a warning.
+fn make_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+    let mode = std::fs::metadata(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+            Ok(()) => {
+                tracing::warn!(data_dir = %dir.display(), was = format!("{:04o}", mode & 0o7777), "The data dir was open to other users; tightened to 0700.")
+            }
+            Err(e) => {
+                tracing::warn!(data_dir = %dir.display(), mode = format!("{:04o}", mode & 0o7777), error = %e, "The data dir is open to other users and cannot be tightened to 0700.")
+            }
+        }
+    }
+    Ok(())
 }

@@ -9,8 +9,8 @@
 
 pub mod metrics;
 
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::PathBuf;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 use actix_web::{http::header, web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context as _;
@@ -79,11 +79,11 @@ pub fn start(
                 std::fs::remove_file(path)
                     .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
             }
-            let s = server
-                .bind_uds(path)
+            let listener = bind_private_socket(path)
                 .with_context(|| format!("cannot listen on unix:{} (status.listen)", path.display()))?;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                .with_context(|| format!("cannot restrict {} to mode 0600", path.display()))?;
+            let s = server
+                .listen_uds(listener)
+                .with_context(|| format!("cannot listen on unix:{} (status.listen)", path.display()))?;
             (s, format!("unix:{}", path.display()))
         }
     };
@@ -95,6 +95,29 @@ pub fn start(
         }
     });
     Ok(Some((handle, addr)))
+}
+
+/// Binds a unix socket at `path` that no other user can reach, not even for an instant: it is
+/// bound inside a fresh directory of mode 0700 next to `path`, set to 0600, and only then
+/// renamed into place (umask would be process-wide and race other threads).
+fn bind_private_socket(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let private = parent.join(format!(".vigil-bind-{}-{:08x}", std::process::id(), rand_u32()));
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let result = (|| {
+        let tmp = private.join("s");
+        let listener = std::os::unix::net::UnixListener::bind(&tmp)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&tmp, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    result
+}
+
+fn rand_u32() -> u32 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    t.subsec_nanos() ^ (t.as_secs() as u32).rotate_left(7)
 }
 
 /// Niceness of the endpoint's worker threads: under a flood of local clients the CPU goes to

@@ -143,7 +143,8 @@ pub fn valid_id(id: &str) -> bool {
 
 /// Writes `ID.stderr` then `ID.json` into `dir` (created if missing).
 pub fn write(dir: &Path, report: &CrashReport, stderr_tail: &[u8]) -> Result<(), ReportError> {
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_err(dir))?;
     let stderr_path = dir.join(format!("{}.stderr", report.id));
     write_synced(&stderr_path, stderr_tail)?;
     let json = serde_json::to_vec_pretty(report).expect("a crash report always serialises");
@@ -157,8 +158,16 @@ pub fn write(dir: &Path, report: &CrashReport, stderr_tail: &[u8]) -> Result<(),
     Ok(())
 }
 
+/// Written with mode 0600 from the start: a stderr tail can hold secrets.
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
-    let mut f = fs::File::create(path).map_err(io_err(path))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(path))?;
     f.write_all(bytes).map_err(io_err(path))?;
     f.sync_all().map_err(io_err(path))
 }

@@ -273,9 +273,19 @@ impl Uploader {
                 // reports sent for this sink.
                 if let Some(id) = newest_report {
                     let tmp = self.crash_marker.with_extension("tmp");
-                    if let Err(e) =
-                        std::fs::write(&tmp, &id).and_then(|_| std::fs::rename(&tmp, &self.crash_marker))
-                    {
+                    let write = || {
+                        use std::io::Write;
+                        use std::os::unix::fs::OpenOptionsExt;
+                        std::fs::OpenOptions::new()
+                            .write(true)
+                            .create(true)
+                            .truncate(true)
+                            .mode(0o600)
+                            .open(&tmp)?
+                            .write_all(id.as_bytes())?;
+                        std::fs::rename(&tmp, &self.crash_marker)
+                    };
+                    if let Err(e) = write() {
                         tracing::warn!(sink = %self.cfg.name, error = %e, "Cannot record which crash reports were sent; they may be sent again.");
                     }
                 }

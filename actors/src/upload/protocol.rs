@@ -79,8 +79,14 @@ pub fn agent_id(data_dir: &Path) -> std::io::Result<String> {
     }
     let id = format!("{:032x}", rand::random::<u128>());
     let tmp = data_dir.join(".agent_id.tmp");
-    std::fs::write(&tmp, &id)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(id.as_bytes())?;
+        f.sync_all()?;
+    }
     std::fs::rename(&tmp, &path)?;
     Ok(id)
 }
