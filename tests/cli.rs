@@ -69,41 +69,74 @@ fn missing_config_file_is_a_config_error() {
     assert!(out.contains("/nonexistent/vigil.toml"), "{out}");
 }
 
+/// `vigil run` with no file at all: the built-in defaults, status on 127.0.0.1:9779. The
+/// default port is fixed, and an installed `/etc/vigil/vigil.toml` would be read: so vigil
+/// runs in a network namespace of its own (its own loopback, port 9779 always free) and a
+/// mount namespace where `/etc/vigil` is an empty directory, and the test talks to it from a
+/// thread that joins that network namespace.
 #[test]
 fn run_with_no_config_file_uses_built_in_defaults() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
-    let mut child = Command::new(vigil())
-        .arg("run")
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--log-file")
-        .arg(&log)
-        .env_remove("VIGIL_CONFIG")
-        .env_remove("VIGIL_FAULT")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let mut ok = false;
-    while std::time::Instant::now() < deadline {
-        if let Ok(mut s) = std::net::TcpStream::connect("127.0.0.1:9779") {
+    let empty = dir.path().join("empty-etc-vigil");
+    std::fs::create_dir(&empty).unwrap();
+    let script = format!(
+        "ip link set lo up && if [ -d /etc/vigil ]; then mount --bind {} /etc/vigil; fi && exec \"$0\" \"$@\"",
+        empty.display()
+    );
+    let mut child = Reaped::spawn(
+        Command::new("unshare")
+            .args(["--net", "--mount", "--propagation", "private", "sh", "-c", &script])
+            .arg(vigil())
+            .arg("run")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--log-file")
+            .arg(&log)
+            .env_remove("VIGIL_CONFIG")
+            .env_remove("VIGIL_FAULT")
+            .stdin(Stdio::null()),
+    );
+    let pid = child.pid();
+    let get = move |path: &'static str| {
+        std::thread::spawn(move || {
             use std::io::{Read, Write};
-            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-            let mut r = String::new();
-            s.read_to_string(&mut r).unwrap();
-            if r.starts_with("HTTP/1.1 200") {
-                ok = true;
-                break;
+            let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).ok()?;
+            // SAFETY: setns on this thread only (network namespaces are per thread), with an
+            // fd we own.
+            if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0 {
+                panic!("setns: {}", std::io::Error::last_os_error());
             }
+            let mut s = std::net::TcpStream::connect("127.0.0.1:9779").ok()?;
+            write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+            let mut r = String::new();
+            s.read_to_string(&mut r).ok()?;
+            Some(r)
+        })
+        .join()
+        .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let health = loop {
+        match get("/healthz") {
+            Some(r) if r.starts_with("HTTP/1.1 200") => break r,
+            _ if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            other => panic!(
+                "built-in defaults do not serve /healthz on 127.0.0.1:9779: {other:?}; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ),
         }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let st = child.wait().unwrap();
+    };
+    assert_eq!(health.split_once("\r\n\r\n").map(|(_, b)| b.trim_end()), Some("ok"), "{health}");
+    let status = get("/status").expect("/status");
+    let body = status.split_once("\r\n\r\n").unwrap().1;
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {status}"));
+    assert_eq!(v["collector"]["state"], "running", "{v:#}");
+    assert!(v["collectors"].as_array().unwrap().len() >= 5, "the default collectors run: {v:#}");
+    assert_eq!(v["uploads"].as_array().unwrap().len(), 0, "no sink by default: {v:#}");
+    let st = child.stop(libc::SIGTERM, Duration::from_secs(15));
     let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(ok, "built-in defaults serve /healthz on 127.0.0.1:9779; log:\n{text}");
-    assert_eq!(st.code(), Some(0));
+    assert_eq!(st.code(), Some(0), "{text}");
     assert!(text.contains("config=built-in defaults"), "{text}");
 }
 

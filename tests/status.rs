@@ -16,16 +16,31 @@ fn non_loopback_listener_requires_the_bearer_token() {
         &format!("listen = \"0.0.0.0:0\"\ntoken_file = \"{}\"", token.display()),
     );
     let agent = Agent::start(&cfg, &[]);
-    assert_eq!(http_get(&agent.addr, "/status", None).0, 401);
-    assert_eq!(http_get(&agent.addr, "/healthz", Some("wrong")).0, 401);
-    assert_eq!(http_get(&agent.addr, "/status", Some("s3cret-token")).0, 200);
-    assert_eq!(http_get(&agent.addr, "/metrics", None).0, 401);
-    assert_eq!(http_get(&agent.addr, "/metrics", Some("wrong")).0, 401);
-    assert_eq!(http_get(&agent.addr, "/metrics", Some("s3cret-token")).0, 200);
-    assert_eq!(http_get(&agent.addr, "/crashes", None).0, 401);
-    assert_eq!(http_get(&agent.addr, "/crashes/20200101T000000.000Z-1", Some("wrong")).0, 401);
-    assert_eq!(http_get(&agent.addr, "/crashes/20200101T000000.000Z-1/stderr", None).0, 401);
-    assert_eq!(http_get(&agent.addr, "/crashes", Some("s3cret-token")).0, 200);
+    // Refused requests carry nothing of the agent's state; allowed ones carry it all.
+    for (path, token) in [
+        ("/status", None),
+        ("/healthz", Some("wrong")),
+        ("/metrics", None),
+        ("/metrics", Some("wrong")),
+        ("/crashes", None),
+        ("/crashes/20200101T000000.000Z-1", Some("wrong")),
+        ("/crashes/20200101T000000.000Z-1/stderr", None),
+    ] {
+        let (code, body) = http_get(&agent.addr, path, token);
+        assert_eq!(code, 401, "{path} {token:?}");
+        assert!(!body.contains("collector") && !body.contains("vigil_"), "{path} leaked: {body}");
+    }
+    let (code, body) = http_get(&agent.addr, "/status", Some("s3cret-token"));
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["pid"].as_u64(), Some(agent.child.id() as u64), "{v:#}");
+    assert!(v["collector"]["state"].is_string(), "{v:#}");
+    let (code, body) = http_get(&agent.addr, "/metrics", Some("s3cret-token"));
+    assert_eq!(code, 200);
+    assert!(body.contains("# TYPE vigil_collector_restarts_total counter"), "{body}");
+    let (code, body) = http_get(&agent.addr, "/crashes", Some("s3cret-token"));
+    assert_eq!(code, 200);
+    assert!(serde_json::from_str::<serde_json::Value>(&body).unwrap().is_array(), "{body}");
     assert!(
         agent.log_lines("readable by group or others").is_empty(),
         "a 0600 token file is not warned about"
@@ -50,7 +65,9 @@ fn a_token_file_others_can_read_is_warned_about() {
         "{warned:?}"
     );
     // Still served, with the token.
-    assert_eq!(http_get(&agent.addr, "/status", Some("s3cret-token")).0, 200);
+    let (code, body) = http_get(&agent.addr, "/status", Some("s3cret-token"));
+    assert_eq!(code, 200);
+    assert!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["collector"].is_object(), "{body}");
 }
 
 #[test]

@@ -363,15 +363,15 @@ fn an_upgrade_on_disk_does_not_change_the_running_collector() {
     )
     .unwrap();
     let log = std::fs::File::create(dir.path().join("log")).unwrap();
-    let mut child = std::process::Command::new(&bin)
-        .args(["run", "--config"])
-        .arg(&cfg_path)
-        .env("VIGIL_FAULT", "exit:3@0.3x1")
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let child = Reaped::spawn(
+        std::process::Command::new(&bin)
+            .args(["run", "--config"])
+            .arg(&cfg_path)
+            .env("VIGIL_FAULT", "exit:3@0.3x1")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log),
+    );
     // Replace the binary the way `install` does: a new file (here a script) at the path.
     std::fs::remove_file(&bin).unwrap();
     std::fs::write(&bin, "#!/bin/sh\nexit 9\n").unwrap();
@@ -385,7 +385,6 @@ fn an_upgrade_on_disk_does_not_change_the_running_collector() {
         assert!(t0.elapsed() < T, "no second incarnation:\n{text}");
         std::thread::sleep(Duration::from_millis(50));
     };
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert!(!second.contains("code=9"), "the replaced file ran as the collector:\n{second}");
 }
