@@ -187,7 +187,7 @@ fn run(
     let base_collectors = cfg.collectors.clone();
     // A series not refreshed for three intervals has stopped (a container gone, a collector
     // quarantined or down); the floor allows for a round of slow collections at short intervals.
-    let stale_after = (cfg.collectors.interval() * 3).max(std::time::Duration::from_secs(30));
+    let stale_after = cfg.collectors.stale_after();
 
     let system = actix_rt::System::new();
     let started: anyhow::Result<Option<daemon::Pidfile>> = system.block_on(async move {

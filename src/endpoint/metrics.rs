@@ -529,6 +529,7 @@ mod tests {
                 quarantined_until: None,
             }],
             uploads: vec![],
+            series: 0,
             checkin: None,
         }
     }

@@ -140,6 +140,9 @@ pub struct StatusSnapshot {
     pub collector: CollectorStatus,
     pub collectors: Vec<CollectorEntry>,
     pub uploads: Vec<serde_json::Value>,
+    /// Series in the supervisor's latest-value store (what `/metrics` serves); those without
+    /// a value for the stale window are forgotten, so this follows what exists now.
+    pub series: usize,
     /// The last check-in and the last change it brought (absent when check-ins are off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkin: Option<CheckinStatus>,
@@ -190,6 +193,22 @@ pub struct Latest {
 
 /// The latest value of every series, as `/metrics` reads it.
 pub type LatestValues = Vec<(SeriesKey, Latest)>;
+
+/// How often the Supervisor forgets the series that went stale.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(5);
+
+/// Forgets the series whose latest value is older than `window` at `now_ms`; returns how many.
+/// This is what keeps the store bounded by what exists now, not by everything that ever did
+/// (every container, interface, mount and process that came and went).
+pub fn prune_stale(latest: &mut HashMap<SeriesKey, Latest>, now_ms: i64, window: Duration) -> usize {
+    let oldest = now_ms.saturating_sub(window.as_millis() as i64);
+    let before = latest.len();
+    latest.retain(|_, v| v.ts_ms >= oldest);
+    if latest.capacity() > 2 * latest.len() + 64 {
+        latest.shrink_to_fit();
+    }
+    before - latest.len()
+}
 
 /// How often the Supervisor publishes its status and latest values to its [`StatusFeed`]
 /// (besides at once on every start, exit and stop of the collector).
@@ -378,6 +397,8 @@ pub struct Supervisor {
     latest_tx: tokio::sync::watch::Sender<std::sync::Arc<LatestValues>>,
     /// New values arrived since `latest` was last published.
     latest_dirty: bool,
+    /// When stale series were last forgotten.
+    last_prune: Instant,
 }
 
 impl Supervisor {
@@ -397,6 +418,7 @@ impl Supervisor {
             status_tx,
             latest_tx,
             latest_dirty: false,
+            last_prune: Instant::now(),
             last_change: None,
             checkin: None,
             settings,
@@ -445,8 +467,16 @@ impl Supervisor {
         self.latest_dirty = true;
     }
 
-    /// Publishes the status (and the latest values, when new ones came) to the feed.
+    /// Publishes the status (and the latest values, when new ones came) to the feed. At most
+    /// every [`PRUNE_EVERY`], series without a value for the stale window are forgotten first.
     fn publish(&mut self) {
+        if self.last_prune.elapsed() >= PRUNE_EVERY {
+            self.last_prune = Instant::now();
+            let window = self.settings.collectors.stale_after();
+            if prune_stale(&mut self.latest, chrono::Utc::now().timestamp_millis(), window) > 0 {
+                self.latest_dirty = true;
+            }
+        }
         self.status_tx.send_replace(Some((Instant::now(), std::sync::Arc::new(self.snapshot()))));
         if std::mem::take(&mut self.latest_dirty) {
             let latest: LatestValues = self.latest.iter().map(|(k, v)| (k.clone(), *v)).collect();
@@ -899,6 +929,7 @@ impl Supervisor {
             },
             collectors: self.collector_entries(),
             uploads: Vec::new(),
+            series: self.latest.len(),
             checkin: self
                 .checkin
                 .clone()
@@ -1248,6 +1279,28 @@ impl Handler<InjectPanic> for Supervisor {
 mod tests {
     use super::*;
 
+    /// A series that got no value for the stale window is forgotten; live ones stay.
+    #[test]
+    fn stale_series_of_vanished_things_are_forgotten() {
+        let key =
+            |id: u32| ("container_cpu".to_string(), BTreeMap::from([("id".to_string(), id.to_string())]));
+        let mut latest = HashMap::new();
+        let now = 10_000_000;
+        // 10,000 containers came and went; 5 are alive.
+        for id in 0..10_000 {
+            latest.insert(key(id), Latest { value: 1.0, ts_ms: now - 3_600_000 });
+        }
+        for id in 10_000..10_005 {
+            latest.insert(key(id), Latest { value: 2.0, ts_ms: now - 1_000 });
+        }
+        latest.insert(key(20_000), Latest { value: 3.0, ts_ms: now - 30_000 }); // exactly at the edge
+        let gone = prune_stale(&mut latest, now, Duration::from_secs(30));
+        assert_eq!(gone, 10_000);
+        assert_eq!(latest.len(), 6);
+        assert!(latest.capacity() < 1_000, "memory is given back: capacity {}", latest.capacity());
+        assert!(latest.contains_key(&key(10_004)) && latest.contains_key(&key(20_000)));
+    }
+
     #[test]
     fn state_names_are_the_status_names() {
         for st in State::ALL {
@@ -1288,6 +1341,7 @@ mod tests {
             },
             collectors: vec![],
             uploads: vec![],
+            series: 0,
             checkin: None,
         };
         assert_eq!(

@@ -57,6 +57,13 @@ macro_rules! registry {
                 crate::validate::secs(self.interval_secs)
             }
 
+            /// How long a series without a new value still counts as current: three
+            /// intervals, at least 30 s. Older ones are left out of `/metrics` and forgotten
+            /// by the supervisor (a container, interface, mount or process that is gone).
+            pub fn stale_after(&self) -> Duration {
+                (self.interval() * 3).max(Duration::from_secs(30))
+            }
+
             /// Each collector's name and whether its table enables it.
             pub fn enabled(&self) -> Vec<(&'static str, bool)> {
                 vec![$((<$ty as Collector>::NAME, self.$name.enabled()),)*]
