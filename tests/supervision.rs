@@ -136,6 +136,19 @@ fn stdout_garbage_causes_no_restart() {
     );
     assert!(agent.log_lines("stream=\"stdout\"").len() >= 2, "garbage logged as collector output");
     assert!(crash_files(&agent.crash_dir()).is_empty());
+    // The damaged frames in it are counted, not only logged.
+    let d = &s["collector"]["dropped_frames"];
+    assert!(d["bad_checksum_frames"].as_u64() >= Some(1), "{s:#}");
+    assert!(d["undecodable_frames"].as_u64() >= Some(1), "{s:#}");
+    assert_eq!(d["oversized_frames"], 0, "{s:#}");
+    let (_, metrics) = agent.get("/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("vigil_collector_dropped_frames_total{reason=\"bad_checksum\"} ")
+                && !l.ends_with(" 0")),
+        "{metrics}"
+    );
 }
 
 #[test]

@@ -197,6 +197,16 @@ pub fn render(s: &Scrape) -> String {
         &[],
         s.status.collector.pending_crash_reports as f64,
     );
+    for (&key, &n) in &s.status.collector.dropped_frames {
+        let reason = key.strip_suffix("_frames").unwrap_or(key);
+        e.add(
+            "vigil_collector_dropped_frames_total",
+            Kind::Counter,
+            "Frames from the collector dropped, by reason (oversized, bad_checksum, undecodable).",
+            &[("reason", reason)],
+            n as f64,
+        );
+    }
     for sink in s.sinks {
         sink_families(&mut e, sink);
     }
@@ -498,6 +508,7 @@ mod tests {
                 heartbeat: HeartbeatStatus { last_ack_ms_ago: Some(250), rtt_ms: Some(0.5) },
                 last_exit: None,
                 pending_crash_reports: 0,
+                dropped_frames: BTreeMap::from([("oversized_frames", 2), ("undecodable_frames", 0)]),
                 crash_counts: vec![
                     CrashCount {
                         reason: "signaled".into(),
@@ -630,6 +641,7 @@ mod tests {
             "vigil_upload_dropped_records_total{reason=\"corrupt\",sink=\"main\"} 0",
             "vigil_upload_dropped_crash_reports_total{reason=\"unreadable\",sink=\"main\"} 3",
             "vigil_upload_acked_seq{sink=\"main\"} 5",
+            "vigil_collector_dropped_frames_total{reason=\"oversized\"} 2",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
         }

@@ -226,12 +226,24 @@ pub fn close_stdout() {
 }
 
 /// `len` random bytes that are not a frame (their magic would need a matching header CRC).
+/// `len` random bytes ending in a newline, then two damaged frames that each cost only
+/// themselves: one whose body fails its checksum, one whose body is not a message. The
+/// supervisor must log the text, count the frames (`collector.dropped_frames`) and go on.
 pub fn garbage(len: usize) -> Vec<u8> {
     use rand::RngExt;
     let mut rng = rand::rng();
     let mut v: Vec<u8> = (0..len).map(|_| rng.random()).collect();
     if let Some(last) = v.last_mut() {
         *last = b'\n';
+    }
+    if let Ok(mut bad_crc) = crate::ipc::encode(&crate::ipc::FromCollector::HeartbeatAck { seq: 0 }) {
+        if let Some(b) = bad_crc.get_mut(crate::ipc::HEADER_LEN) {
+            *b ^= 0x01;
+        }
+        v.extend(bad_crc);
+    }
+    if let Ok(not_a_message) = crate::ipc::encode(&"not a message") {
+        v.extend(not_a_message);
     }
     v
 }

@@ -448,6 +448,30 @@ async fn read_crash(
     (taken.unwrap_or(got), error)
 }
 
+/// Frames from the collector that were dropped, by why: oversized, bad checksum, a body
+/// that is not a message. For `/status` `collector.dropped_frames` and `/metrics`.
+static DROPPED_FRAMES: [std::sync::atomic::AtomicU64; 3] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; 3];
+
+/// The frames dropped since start, by reason (keys end in their unit).
+pub fn dropped_frames() -> std::collections::BTreeMap<&'static str, u64> {
+    use std::sync::atomic::Ordering::Relaxed;
+    std::collections::BTreeMap::from([
+        ("oversized_frames", DROPPED_FRAMES[0].load(Relaxed)),
+        ("bad_checksum_frames", DROPPED_FRAMES[1].load(Relaxed)),
+        ("undecodable_frames", DROPPED_FRAMES[2].load(Relaxed)),
+    ])
+}
+
+fn count_dropped_frame(e: &ipc::FrameError) {
+    let i = match e {
+        ipc::FrameError::Oversized { .. } => 0,
+        ipc::FrameError::BadChecksum => 1,
+        ipc::FrameError::BadBody(_) => 2,
+    };
+    DROPPED_FRAMES[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 async fn read_stdout(
     mut out: impl AsyncRead + Unpin,
     incarnation: u64,
@@ -469,7 +493,8 @@ async fn read_stdout(
                 }
                 Decoded::Text(t) => log_output(pid, "stdout", &t),
                 Decoded::Invalid(e) => {
-                    tracing::warn!(pid, incarnation, error = %e, "Bad frame from the collector; skipped.")
+                    count_dropped_frame(&e);
+                    tracing::warn!(pid, incarnation, error = %e, "Bad frame from the collector; skipped (counted in collector.dropped_frames).")
                 }
             }
         }

@@ -263,6 +263,9 @@ pub struct CollectorStatus {
     pub crash_counts: Vec<CrashCount>,
     /// Crash reports not yet on disk (kept in memory until the disk takes them).
     pub pending_crash_reports: usize,
+    /// Frames from the collector dropped since start, by reason: `oversized_frames`,
+    /// `bad_checksum_frames`, `undecodable_frames`.
+    pub dropped_frames: BTreeMap<&'static str, u64>,
     /// Why the last attempt to start the collector failed, while it keeps failing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spawn_error: Option<String>,
@@ -924,6 +927,7 @@ impl Supervisor {
                     })
                     .collect(),
                 pending_crash_reports: self.disk.pending_reports(),
+                dropped_frames: child_process::dropped_frames(),
                 spawn_error: self.spawn_error.clone(),
                 module: self.modules.status(),
             },
@@ -1323,6 +1327,7 @@ mod tests {
                 heartbeat: HeartbeatStatus { last_ack_ms_ago: None, rtt_ms: None },
                 crash_counts: vec![],
                 pending_crash_reports: 0,
+                dropped_frames: BTreeMap::new(),
                 last_exit: Some(LastExit {
                     at: "t".into(),
                     reason: "signaled".into(),
