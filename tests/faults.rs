@@ -165,6 +165,32 @@ fn a_full_disk_holds_batches_in_memory_and_spools_them_when_space_returns() {
     drop(agent);
 }
 
+/// A crash dir that cannot be written (a file where the directory should be): the restart
+/// goes on, the report waits in memory, `/status` says why and the log says it once; once
+/// the path is fixed the report is written.
+#[test]
+fn an_unwritable_crash_dir_is_shown_and_the_restart_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("crashes"), b"not a directory").unwrap();
+    let log = dir.path().join("vigil.log");
+    let agent = Agent::start_at(dir, &data, &log, &fast_config(""), &[("VIGIL_FAULT", "exit:3@0.3x1")]);
+    let s = agent.wait_status(T, "the second incarnation with the report pending", |s| {
+        s["collector"]["incarnation"].as_u64() >= Some(2) && s["collector"]["state"] == "running"
+    });
+    assert_eq!(s["collector"]["pending_crash_reports"], 1, "{s:#}");
+    let why = s["collector"]["crash_report_error"].as_str().unwrap_or_else(|| panic!("{s:#}"));
+    assert!(why.contains("crashes"), "{why}");
+    let id = s["collector"]["last_exit"]["crash_report"].as_str().unwrap().to_string();
+    assert_eq!(agent.log_lines("Cannot write the crash report").len(), 1, "{}", agent.log_tail());
+    std::fs::remove_file(data.join("crashes")).unwrap();
+    let s = agent.wait_status(T, "the report written", |s| s["collector"]["pending_crash_reports"] == 0);
+    assert!(s["collector"]["crash_report_error"].is_null(), "{s:#}");
+    assert!(data.join(format!("crashes/{id}.json")).exists());
+    assert_eq!(s["collector"]["incarnation"], 2, "no restart was held up or repeated: {s:#}");
+}
+
 /// Freezes a file system; thaws it when dropped. Declared after the processes that use the
 /// file system, so that it drops (thaws) first: a process blocked on a frozen file system
 /// cannot be killed until it thaws.

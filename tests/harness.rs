@@ -60,12 +60,17 @@ impl Agent {
     }
 
     /// Starts `vigil run` again on the same data dir (after the previous one ended).
-    pub fn restart(mut self, config: &str) -> Agent {
+    pub fn restart(self, config: &str) -> Agent {
+        self.restart_with(config, &[])
+    }
+
+    /// Like [`Agent::restart`], with extra environment.
+    pub fn restart_with(mut self, config: &str, env: &[(&str, &str)]) -> Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
         let _ = std::fs::remove_file(dir.path().join("vigil.log"));
-        Agent::start_in(dir, config, &[])
+        Agent::start_in(dir, config, env)
     }
 
     pub fn start_in(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Agent {

@@ -315,6 +315,58 @@ fn receive_repairs_a_torn_last_line_and_starts_on_a_non_utf8_line() {
     assert_eq!(seqs[..2], [3, 4], "numbered above the receiver's 2: {seqs:?}");
 }
 
+/// After the clock steps back, a new crash report must still count as the newest: neither
+/// pruned at once (it would be, ordered by the wall clock in its name, behind reports from
+/// "the future") nor skipped for upload (the sink sends reports newer than the last it sent).
+/// Here the reports from before the step are dated 2099.
+#[test]
+fn a_crash_report_made_after_the_clock_stepped_back_is_kept_and_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Receiver::start("127.0.0.1:0", &dir.path().join("out.jsonl"), &dir.path().join("recv.log"));
+    let cfg = config(&format!("ws://{}/v1/ingest", r.addr))
+        .replace("[supervisor]\n", "[supervisor]\ncrash_reports_keep = 3\n");
+    let agent = Agent::start(&cfg, &[("VIGIL_FAULT", "exit:3@0.3x1")]);
+    let s = agent.wait_status(T, "the first report on disk", |s| {
+        s["collector"]["last_exit"]["crash_report"].is_string()
+            && s["collector"]["pending_crash_reports"] == 0
+    });
+    let first = s["collector"]["last_exit"]["crash_report"].as_str().unwrap().to_string();
+    let _ = wait_lines(&r, 2);
+    let (_, agent) = agent.stop(Duration::from_secs(10));
+    let crashes = agent.crash_dir();
+    let json = std::fs::read_to_string(crashes.join(format!("{first}.json"))).unwrap();
+    let future: Vec<String> = (0..3).map(|i| format!("20990101T00000{i}.000Z-1")).collect();
+    for id in &future {
+        std::fs::write(crashes.join(format!("{id}.json")), json.replace(&first, id)).unwrap();
+        std::fs::write(crashes.join(format!("{id}.stderr")), b"from before the step\n").unwrap();
+    }
+    // The sink already sent everything up to the newest of them.
+    std::fs::write(agent.data_dir().join("spool/main/crash_reports_sent"), &future[2]).unwrap();
+    let agent = agent.restart_with(&cfg, &[("VIGIL_FAULT", "exit:3@0.3x1")]);
+    let s = agent.wait_status(T, "the new report on disk", |s| {
+        s["collector"]["incarnation"].as_u64() >= Some(2) && s["collector"]["pending_crash_reports"] == 0
+    });
+    let new = s["collector"]["last_exit"]["crash_report"].as_str().unwrap().to_string();
+    assert!(new > future[2], "{new} sorts after the reports from before the step");
+    assert!(crashes.join(format!("{new}.json")).exists(), "the new report was pruned at once");
+    let mut left: Vec<String> = std::fs::read_dir(&crashes)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json").map(str::to_string))
+        .collect();
+    left.sort();
+    assert_eq!(left, vec![future[1].clone(), future[2].clone(), new.clone()], "the oldest went");
+    let t0 = Instant::now();
+    while !r
+        .lines()
+        .iter()
+        .any(|l| l["crash_reports"].as_array().unwrap().iter().any(|c| c["id"] == new.as_str()))
+    {
+        assert!(t0.elapsed() < T, "the new report was never sent");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A running dnsmasq answering `known.vigil.test` on a free loopback port.
 struct Dnsmasq {
     child: Child,

@@ -509,6 +509,7 @@ mod tests {
                 last_exit: None,
                 pending_crash_reports: 0,
                 dropped_frames: BTreeMap::from([("oversized_frames", 2), ("undecodable_frames", 0)]),
+                crash_report_error: None,
                 crash_counts: vec![
                     CrashCount {
                         reason: "signaled".into(),

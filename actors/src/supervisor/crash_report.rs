@@ -133,6 +133,13 @@ pub fn new_id(now: chrono::DateTime<chrono::Utc>, pid: u32) -> String {
     format!("{}-{pid}", now.format("%Y%m%dT%H%M%S%.3fZ"))
 }
 
+/// The time an ID was stamped with (ms since the epoch), if it is one of [`new_id`]'s.
+pub fn id_time_ms(id: &str) -> Option<i64> {
+    let stamp = id.split('-').next()?;
+    let t = chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%S%.3fZ").ok()?;
+    Some(t.and_utc().timestamp_millis())
+}
+
 /// Report IDs are generated here; anything else is refused before touching a path.
 pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
@@ -324,8 +331,11 @@ mod tests {
     #[test]
     fn ids_sort_by_time() {
         use chrono::TimeZone;
-        let a = new_id(chrono::Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap(), 9);
+        let at = chrono::Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        let a = new_id(at, 9);
         assert_eq!(a, "20260102T030405.000Z-9");
         assert!(valid_id(&a));
+        assert_eq!(id_time_ms(&a), Some(at.timestamp_millis()));
+        assert_eq!(id_time_ms("garbage"), None);
     }
 }

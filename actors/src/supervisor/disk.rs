@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,11 @@ struct Inner {
     /// Crash reports handed over and not yet on disk (queued, being written, or waiting
     /// for a retry).
     pending_reports: AtomicUsize,
+    /// The time (ms) in the newest report ID, in the crash dir or handed out since: IDs only go
+    /// forward ([`Disk::report_time_ms`]).
+    newest_id_ms: AtomicI64,
+    /// Why the last crash report could not be written, while reports wait for the disk.
+    last_error: Mutex<Option<String>>,
     crash_dir: PathBuf,
     keep: usize,
 }
@@ -68,12 +73,34 @@ impl Disk {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
             pending_reports: AtomicUsize::new(0),
+            newest_id_ms: AtomicI64::new(i64::MIN),
+            last_error: Mutex::new(None),
             crash_dir,
             keep: keep.max(1),
         });
         let worker = inner.clone();
         std::thread::Builder::new().name("vigil-disk".into()).spawn(move || worker.run())?;
         Ok(Disk { inner })
+    }
+
+    /// The time for a new report's ID: `now_ms`, or 1 ms after the newest ID so far when the
+    /// clock is behind it (it stepped back). Report IDs, which name the files and order them
+    /// for pruning and upload, so always increase in the order the reports are made; the
+    /// report's `at` keeps the wall-clock time.
+    pub fn report_time_ms(&self, now_ms: i64) -> i64 {
+        let mut cur = self.inner.newest_id_ms.load(Ordering::Relaxed);
+        loop {
+            let next = now_ms.max(cur.saturating_add(1));
+            match self.inner.newest_id_ms.compare_exchange_weak(
+                cur,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return next,
+                Err(seen) => cur = seen,
+            }
+        }
     }
 
     /// Hands a crash report over; returns at once.
@@ -101,6 +128,15 @@ impl Disk {
     /// Crash reports not yet on disk.
     pub fn pending_reports(&self) -> usize {
         self.inner.pending_reports.load(Ordering::Relaxed)
+    }
+
+    /// Why crash reports cannot be written (an unwritable or missing crash dir, a full disk),
+    /// while any wait for the disk: `/status` `collector.crash_report_error`.
+    pub fn report_error(&self) -> Option<String> {
+        if self.pending_reports() == 0 {
+            return None;
+        }
+        self.inner.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Waits (without blocking the caller's thread) until every crash report is on disk, at
@@ -156,6 +192,15 @@ impl Inner {
         if let Err(e) = crash_report::prune(&self.crash_dir, self.keep) {
             tracing::warn!(error = %e, "Cannot prune old crash reports.");
         }
+        // New IDs sort after every report already there, whatever the clock says now.
+        let newest = crash_report::list_ids(&self.crash_dir)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|id| crash_report::id_time_ms(id))
+            .max();
+        if let Some(ms) = newest {
+            self.newest_id_ms.fetch_max(ms, Ordering::Relaxed);
+        }
         loop {
             let job = {
                 let mut q = self.lock();
@@ -191,6 +236,7 @@ impl Inner {
         match crash_report::write(&self.crash_dir, &p.report, &p.stderr_tail) {
             Ok(()) => {
                 self.pending_reports.fetch_sub(1, Ordering::Relaxed);
+                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 if p.failed {
                     tracing::info!(report = %p.report.id, "Crash report written (the disk takes it again).");
                 }
@@ -199,6 +245,7 @@ impl Inner {
                 }
             }
             Err(e) => {
+                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
                 if !p.failed {
                     tracing::error!(
                         report = %p.report.id,

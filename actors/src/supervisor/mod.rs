@@ -241,6 +241,7 @@ impl StatusFeed {
         c.heartbeat.last_ack_ms_ago = c.heartbeat.last_ack_ms_ago.map(|ms| ms + age);
         c.next_restart_in_ms = c.next_restart_in_ms.map(|ms| ms.saturating_sub(age));
         c.pending_crash_reports = self.disk.pending_reports();
+        c.crash_report_error = self.disk.report_error();
         Some(snap)
     }
 
@@ -266,6 +267,8 @@ pub struct CollectorStatus {
     /// Frames from the collector dropped since start, by reason: `oversized_frames`,
     /// `bad_checksum_frames`, `undecodable_frames`.
     pub dropped_frames: BTreeMap<&'static str, u64>,
+    /// Why the pending crash reports cannot be written (null when none wait).
+    pub crash_report_error: Option<String>,
     /// Why the last attempt to start the collector failed, while it keeps failing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spawn_error: Option<String>,
@@ -928,6 +931,7 @@ impl Supervisor {
                     .collect(),
                 pending_crash_reports: self.disk.pending_reports(),
                 dropped_frames: child_process::dropped_frames(),
+                crash_report_error: self.disk.report_error(),
                 spawn_error: self.spawn_error.clone(),
                 module: self.modules.status(),
             },
@@ -1114,7 +1118,11 @@ impl Handler<ChildExited> for Supervisor {
             (None, None) => "ended".to_string(),
         };
         if abnormal {
-            let id = crash_report::new_id(at, ev.pid);
+            // Stamped no earlier than the newest report so far: after the clock steps back, a
+            // new report still sorts last (never pruned at once, never skipped for upload).
+            let stamp = self.disk.report_time_ms(at.timestamp_millis());
+            let id =
+                crash_report::new_id(chrono::DateTime::from_timestamp_millis(stamp).unwrap_or(at), ev.pid);
             let report = CrashReport {
                 id: id.clone(),
                 version: self.settings.version.clone(),
@@ -1328,6 +1336,7 @@ mod tests {
                 crash_counts: vec![],
                 pending_crash_reports: 0,
                 dropped_frames: BTreeMap::new(),
+                crash_report_error: None,
                 last_exit: Some(LastExit {
                     at: "t".into(),
                     reason: "signaled".into(),
