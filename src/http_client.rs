@@ -260,4 +260,44 @@ mod tests {
         let big = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffe\r\nab";
         assert!(parse_response(big).is_err());
     }
+
+    /// The HTTP reader of `vigil status` (and the other client commands) is total over any
+    /// answer: 200,000 valid (Content-Length, chunked, to-EOF), damaged and random answers,
+    /// no panic; undamaged ones give their body back.
+    #[test]
+    fn property_http_reader_is_total() {
+        use rand::{rngs::StdRng, RngExt, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(0x477B);
+        for case in 0..200_000u32 {
+            let body: Vec<u8> = (0..rng.random_range(0..64)).map(|_| rng.random_range(b' '..=b'~')).collect();
+            let raw = match case % 3 {
+                0 => {
+                    let mut r =
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+                    r.extend(&body);
+                    r
+                }
+                1 => {
+                    let mut r =
+                        b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+                    for piece in body.chunks(rng.random_range(1..9)) {
+                        r.extend(format!("{:x}\r\n", piece.len()).as_bytes());
+                        r.extend(piece);
+                        r.extend(b"\r\n");
+                    }
+                    r.extend(b"0\r\n\r\n");
+                    r
+                }
+                _ => {
+                    let mut r = b"HTTP/1.0 401 Unauthorized\r\nX: y\r\n\r\n".to_vec();
+                    r.extend(&body);
+                    r
+                }
+            };
+            if case % 10 == 0 {
+                assert_eq!(parse_response(&raw).unwrap().body, body, "case {case}");
+            }
+            let _ = parse_response(&vigil_actors::mutate::mutate(&mut rng, &raw));
+        }
+    }
 }

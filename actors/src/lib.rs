@@ -44,6 +44,8 @@ pub mod backoff;
 pub mod collector;
 pub mod config;
 pub mod ipc;
+#[doc(hidden)]
+pub mod mutate;
 pub mod resolver;
 pub mod sample;
 pub mod signals;

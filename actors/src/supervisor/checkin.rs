@@ -623,4 +623,46 @@ mod tests {
         assert!(e.contains("within"), "{e}");
         assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     }
+
+    /// The check-in answer (what a check-in server, or anyone in its place, sends) is read
+    /// without panicking whatever it is, and what it decodes to is checked without panicking:
+    /// 100,000 valid, damaged and random answers.
+    #[test]
+    fn property_the_checkin_answer_is_read_totally() {
+        use rand::{rngs::StdRng, RngExt, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(0xC4EC);
+        let base = CollectorsConfig::default();
+        let values = [
+            serde_json::json!(1),
+            serde_json::json!(-1e308),
+            serde_json::json!("x"),
+            serde_json::json!(null),
+            serde_json::json!({"enabled": false}),
+            serde_json::json!([1, 2]),
+            serde_json::json!(true),
+        ];
+        let keys = ["interval_secs", "cpu", "dns", "load", "bogus", "names", "enabled"];
+        for _ in 0..100_000u32 {
+            let mut collectors = serde_json::Map::new();
+            for _ in 0..rng.random_range(0..4) {
+                let k = keys[rng.random_range(0..keys.len())];
+                collectors.insert(k.into(), values[rng.random_range(0..values.len())].clone());
+            }
+            let answer = serde_json::json!({
+                "settings": {"collectors": collectors},
+                "token": "t0k3n",
+                "module": {"version": "1.2.3", "url": "/m/1.2.3", "sha256": "ab", "signature": "cd"}
+            });
+            let bytes = crate::mutate::mutate(&mut rng, &serde_json::to_vec(&answer).unwrap());
+            if let Ok(r) = serde_json::from_slice::<Response>(&bytes) {
+                if let Some(s) = &r.settings {
+                    let _ = settings_to_collectors(&base, s);
+                }
+                if let Some(m) = &r.module {
+                    let _ = module_url("http://127.0.0.1:9/v1/checkin", m);
+                    let _ = crate::supervisor::module::check_version(&m.version);
+                }
+            }
+        }
+    }
 }

@@ -732,4 +732,36 @@ mod tests {
         assert_eq!(m.current_version(), "0.1.0");
         assert_eq!(m.status().state, "rejected");
     }
+
+    /// A module manifest from a check-in is checked without panicking whatever its fields
+    /// hold, and only a correct signature over the right version and hash passes: 100,000
+    /// valid, damaged and random manifests.
+    #[test]
+    fn property_manifest_verification_is_total_and_strict() {
+        use rand::{rngs::StdRng, RngExt, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(0x3A41F);
+        let (private, public) = generate_key().unwrap();
+        let key = PublicKey::parse(&public).unwrap();
+        let file = b"#!/bin/sh\nexit 0\n";
+        let good = sign(&private, "1.2.3", file, "/m".into()).unwrap();
+        let sha = sha256_hex(file);
+        assert!(verify(&good, &sha, &key).is_ok());
+        let json = serde_json::to_vec(&good).unwrap();
+        for _ in 0..100_000u32 {
+            let bytes = crate::mutate::mutate(&mut rng, &json);
+            let Ok(m) = serde_json::from_slice::<Manifest>(&bytes) else { continue };
+            let ok = verify(&m, &sha, &key).is_ok();
+            if ok {
+                assert_eq!(m.version, good.version, "a signature passed for another version");
+                assert_eq!(
+                    m.signature.trim().to_ascii_lowercase(),
+                    good.signature,
+                    "another signature passed"
+                );
+            }
+            let _ = check_version(&m.version);
+            let _ = from_hex(&m.signature, "signature");
+            let _ = PublicKey::parse(&String::from_utf8_lossy(&bytes));
+        }
+    }
 }
