@@ -165,6 +165,121 @@ fn a_full_disk_holds_batches_in_memory_and_spools_them_when_space_returns() {
     drop(agent);
 }
 
+/// tests/support/failfs.py mounted on a temp dir: a pass-through FUSE file system that
+/// answers real EIO on demand. Unmounted (lazily if busy) and stopped on drop.
+struct FailFs {
+    mnt: tempfile::TempDir,
+    _backing: tempfile::TempDir,
+    control: PathBuf,
+    child: Reaped,
+}
+
+impl FailFs {
+    fn mount() -> FailFs {
+        let backing = tempfile::tempdir().unwrap();
+        let mnt = tempfile::tempdir().unwrap();
+        let control = backing.path().with_extension("failfs-control");
+        std::fs::write(&control, "").unwrap();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/failfs.py");
+        let child = Reaped::spawn(
+            Command::new("/usr/bin/python3")
+                .arg(script)
+                .arg(backing.path())
+                .arg(mnt.path())
+                .arg(&control)
+                .stdin(std::process::Stdio::null()),
+        );
+        let fs = FailFs { mnt, _backing: backing, control, child };
+        let t0 = Instant::now();
+        let target = fs.path().to_str().unwrap().to_string();
+        while !std::fs::read_to_string("/proc/mounts")
+            .unwrap()
+            .lines()
+            .any(|l| l.split(' ').nth(1) == Some(&target))
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "failfs did not mount (python3-fusepy installed? run scripts/test)"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        fs
+    }
+
+    fn path(&self) -> &Path {
+        self.mnt.path()
+    }
+
+    /// Puts `faults` (`write`, `fsync`, `create`, space separated; "" for none) in force.
+    fn fail(&self, faults: &str) {
+        std::fs::write(&self.control, faults).unwrap();
+    }
+}
+
+impl Drop for FailFs {
+    fn drop(&mut self) {
+        let p = self.mnt.path().to_str().unwrap().to_string();
+        if !Command::new("umount").arg(&p).status().is_ok_and(|s| s.success()) {
+            let _ = Command::new("umount").args(["-l", &p]).status();
+        }
+        let _ = self.child.0.kill();
+        let _ = std::fs::remove_file(&self.control);
+    }
+}
+
+/// The data dir on a file system that answers real EIO: on writes, then on fsyncs after
+/// complete writes, then on creating the next segment. The sink holds its samples, no seq
+/// ever names two batches (the receiver would keep the first and drop the second as a
+/// duplicate: a hole in time), no unacknowledged segment is lost, and once the disk works
+/// every sample arrives.
+#[test]
+fn eio_on_writes_fsyncs_and_creates_loses_nothing_and_reuses_no_seq() {
+    let fs = FailFs::mount();
+    let dir = tempfile::tempdir().unwrap();
+    let r = Receiver::start("127.0.0.1:0", &dir.path().join("out.jsonl"), &dir.path().join("recv.log"));
+    let cfg = upload_config(&format!("ws://{}/v1/ingest", r.addr));
+    let log = dir.path().join("vigil.log");
+    let agent = Agent::start_at(dir, &fs.path().join("data"), &log, &cfg, &[]);
+    agent.wait_running(1, T);
+    wait_lines(&r, 2);
+    for faults in ["write", "fsync", "write create"] {
+        fs.fail(faults);
+        let s = agent.wait_status(T, &format!("EIO ({faults}) seen by the sink"), |s| {
+            s["uploads"][0]["last_error"].as_str().is_some_and(|e| e.contains("Input/output error"))
+        });
+        let seq = s["uploads"][0]["last_seq"].as_u64().unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        let s = agent.status();
+        assert_eq!(
+            s["uploads"][0]["last_seq"].as_u64().unwrap(),
+            seq,
+            "{faults}: nothing spooled on EIO: {s:#}"
+        );
+        assert_eq!(s["collector"]["state"], "running", "{s:#}");
+        fs.fail("");
+        agent
+            .wait_status(T, "the held samples spooled", |s| s["uploads"][0]["last_seq"].as_u64() > Some(seq));
+    }
+    let s = agent.wait_status(T, "everything delivered", |s| {
+        s["uploads"][0]["spooled_batches"] == 0 && s["uploads"][0]["acked_seq"] == s["uploads"][0]["last_seq"]
+    });
+    let u = &s["uploads"][0];
+    assert_eq!(u["dropped_samples"], 0, "{s:#}");
+    assert_eq!(u["dropped"]["corrupt_records"], 0, "{s:#}");
+    assert_no_gap(&r, u["acked_seq"].as_u64().unwrap());
+    let mut ts: Vec<i64> = r
+        .lines()
+        .iter()
+        .flat_map(|l| l["samples"].as_array().unwrap().clone())
+        .filter(|x| x["name"] == "load_1")
+        .map(|x| x["ts_ms"].as_i64().unwrap())
+        .collect();
+    ts.sort();
+    let worst = ts.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(ts.len() > 30 && worst < 1500, "a hole of {worst} ms in {} load_1 samples", ts.len());
+    drop(agent);
+}
+
 /// A crash dir that cannot be written (a file where the directory should be): the restart
 /// goes on, the report waits in memory, `/status` says why and the log says it once; once
 /// the path is fixed the report is written.
