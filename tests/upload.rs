@@ -367,6 +367,38 @@ fn a_crash_report_made_after_the_clock_stepped_back_is_kept_and_sent() {
     }
 }
 
+/// A spooled batch that no longer decodes (a record with a good checksum around bytes that
+/// are not a batch) and a crash report that cannot be read are each counted, in `/status` and
+/// `/metrics`, not only logged; the batches after the bad one are still delivered.
+#[test]
+fn an_undecodable_batch_and_an_unreadable_crash_report_are_counted() {
+    let http = ScriptedHttp::start(vec![]);
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("data");
+    let mut spool = vigil_actors::upload::spool::Spool::open(&data.join("spool/prom"), 1 << 30).unwrap();
+    assert_eq!(spool.append(b"\xc1 not a batch").unwrap(), 1);
+    drop(spool);
+    std::fs::create_dir_all(data.join("crashes")).unwrap();
+    std::fs::write(data.join("crashes/29990101T000000.000Z-1.json"), b"{ torn").unwrap();
+    let agent =
+        Agent::start_in(home, &remote_write_config(&format!("http://{}/api/v1/write", http.addr)), &[]);
+    let s = agent.wait_status(T, "both drops counted and a batch delivered", |s| {
+        let u = &s["uploads"][0];
+        u["dropped"]["undecodable_batches"] == 1
+            && u["dropped"]["unreadable_crash_reports"] == 1
+            && u["sent_batches"].as_u64() >= Some(1)
+    });
+    assert!(s["uploads"][0]["acked_seq"].as_u64() >= Some(2), "{s:#}");
+    let (_, metrics) = agent.get("/metrics");
+    for line in [
+        "vigil_upload_dropped_batches_total{reason=\"undecodable\",sink=\"prom\"} 1",
+        "vigil_upload_dropped_crash_reports_total{reason=\"unreadable\",sink=\"prom\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "missing {line}:\n{metrics}");
+    }
+    assert_eq!(agent.log_lines("counted as undecodable_batches").len(), 1, "{}", agent.log_tail());
+}
+
 /// A running dnsmasq answering `known.vigil.test` on a free loopback port.
 struct Dnsmasq {
     child: Child,

@@ -738,7 +738,7 @@ mod tests {
     /// valid, damaged and random manifests.
     #[test]
     fn property_manifest_verification_is_total_and_strict() {
-        use rand::{rngs::StdRng, RngExt, SeedableRng};
+        use rand::{rngs::StdRng, SeedableRng};
         let mut rng = StdRng::seed_from_u64(0x3A41F);
         let (private, public) = generate_key().unwrap();
         let key = PublicKey::parse(&public).unwrap();
