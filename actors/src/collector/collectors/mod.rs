@@ -140,6 +140,10 @@ registry! {
     net: Net,
     processes: Processes,
     time_drift: TimeDrift,
+    pressure: Pressure,
+    tcp: Tcp,
+    conntrack: Conntrack,
+    top_processes: TopProcesses,
 }
 
 /// A collector that exists only in this test, registered through the same macro arm as the
