@@ -10,6 +10,7 @@ mod forensics;
 mod inspect;
 mod metrics;
 mod ops;
+mod peers;
 mod status;
 mod supervision;
 mod tls;

@@ -69,6 +69,8 @@ pub enum SinkType {
     Vigil,
     /// Prometheus remote write 1.0.
     RemoteWrite,
+    /// OTLP/HTTP (protobuf, gzip) to `URL/v1/metrics` and `URL/v1/logs`.
+    Otlp,
 }
 
 /// One `[[upload]]` sink.
@@ -79,7 +81,8 @@ pub struct UploadConfig {
     pub name: String,
     #[serde(rename = "type")]
     pub kind: SinkType,
-    /// `ws://` or `wss://` for `vigil`; `http://` or `https://` for `remote_write`.
+    /// `ws://` or `wss://` for `vigil`; `http://` or `https://` for `remote_write` and
+    /// `otlp` (for `otlp` the base URL: `/v1/metrics` and `/v1/logs` are added).
     pub url: String,
     /// File holding a bearer token sent as `Authorization: Bearer`.
     pub token_file: String,
@@ -433,7 +436,7 @@ impl Config {
             }
             let schemes: &[&str] = match u.kind {
                 SinkType::Vigil => &["ws", "wss"],
-                SinkType::RemoteWrite => &["http", "https"],
+                SinkType::RemoteWrite | SinkType::Otlp => &["http", "https"],
             };
             if let Err(message) = check_url(&u.url, schemes) {
                 out.push(ConfigProblem { path: at("url"), message });

@@ -225,15 +225,7 @@ fn render_stack(f: &vigil_actors::supervisor::crash_report::Forensics) -> String
 }
 
 fn push_frames(s: &mut String, stack: &[vigil_actors::supervisor::stack::Frame]) {
-    for (i, fr) in stack.iter().enumerate() {
-        let file = fr.file.as_deref().unwrap_or("??");
-        let line = fr.line.map_or("??".to_string(), |l| l.to_string());
-        s.push_str(&format!(
-            "#{i} {} ({file}:{line}) {}\n",
-            fr.function.as_deref().unwrap_or("??"),
-            fr.module.as_deref().unwrap_or("??")
-        ));
-    }
+    s.push_str(&vigil_actors::supervisor::stack::frame_lines(stack));
 }
 
 #[cfg(test)]

@@ -209,6 +209,7 @@ fn run(
                 // A spool that cannot be opened is tried again at every flush: it never stops
                 // the agent from starting (CONTRACT §10).
                 let up = Uploader::new(u, &settings.data_dir, agent_id.clone(), host.clone())
+                    .with_agent_tags(settings.tags.clone())
                     .with_checkin_token(checkin_key.is_some())
                     .with_crash_reports(vigil_actors::supervisor::crash_report::upload_source(
                         settings.crash_dir(),

@@ -241,6 +241,23 @@ pub fn skip_panic_machinery(stack: &mut Vec<Frame>) {
     }
 }
 
+/// A stack as text, one `#N function (file:line) module` line per frame, `#0` innermost, `??`
+/// for what the debug info does not say (CONTRACT §6): what `vigil crashes show` prints and
+/// the OTLP sink sends as `exception.stacktrace`.
+pub fn frame_lines(stack: &[Frame]) -> String {
+    let mut s = String::new();
+    for (i, fr) in stack.iter().enumerate() {
+        let file = fr.file.as_deref().unwrap_or("??");
+        let line = fr.line.map_or("??".to_string(), |l| l.to_string());
+        s.push_str(&format!(
+            "#{i} {} ({file}:{line}) {}\n",
+            fr.function.as_deref().unwrap_or("??"),
+            fr.module.as_deref().unwrap_or("??")
+        ));
+    }
+    s
+}
+
 /// The innermost function of vigil's own code.
 pub fn innermost_own(stack: &[Frame]) -> Option<&str> {
     stack.iter().filter_map(|f| f.function.as_deref()).find(|f| is_own(f))

@@ -1,5 +1,6 @@
 //! [`Uploader`]: one per `[[upload]]` sink, in the supervisor; the sink types are
-//! [`native`] (WebSocket) and [`remote_write`] (Prometheus), one file each. Collector restarts never touch
+//! [`native`] (WebSocket), [`remote_write`] (Prometheus) and [`otlp`] (OpenTelemetry), one
+//! file each; the two HTTP ones share [`http`]. Collector restarts never touch
 //! it: its connection and spool belong to the supervisor process.
 //!
 //! Samples arrive from the Supervisor ([`Publish`]) and are buffered. Every
@@ -11,7 +12,9 @@
 //! (1 s doubling to 60 s, minus up to 10 % jitter: [`crate::backoff`]); an idle connection is pinged every
 //! [`PING_EVERY`].
 
+pub mod http;
 pub mod native;
+pub mod otlp;
 pub mod protocol;
 pub mod remote_write;
 pub mod spool;
@@ -79,7 +82,8 @@ pub struct SinkStatus {
     /// Drops by reason, each key ending in its unit: `spool_full_batches` and
     /// `spool_full_samples` (dropped to stay under `spool_max_bytes`), `buffer_full_samples`,
     /// `disk_full_samples` (held while the spool could not be written, past [`MAX_HELD`]),
-    /// `rejected_batches` and `rejected_samples` (refused by the receiver as bad),
+    /// `rejected_batches` and `rejected_samples` (refused by the receiver as bad, or samples
+    /// refused in an OTLP partial success), `rejected_crash_reports` (OTLP log records refused),
     /// `undecodable_batches` (spooled batches that no longer decode), `corrupt_records` (spool
     /// records found damaged), `torn_bytes` (bytes cut from torn spool tails), `bad_files`
     /// (spool files set aside as `*.bad`), `unreadable_crash_reports`.
@@ -126,13 +130,21 @@ pub struct Uploader {
     reconnect: bool,
     /// File holding the newest crash report ID already put into a spooled batch.
     crash_marker: std::path::PathBuf,
-    /// remote_write: a request is on its way / a retry is scheduled.
+    /// HTTP sinks: a request is on its way / a retry is scheduled.
     http_busy: bool,
-    /// remote_write: the last request was accepted.
+    /// HTTP sinks: the last request was accepted.
     http_ok: bool,
-    /// remote_write: batches the receiver refused as bad (400, 413, 422), and their samples.
+    /// HTTP sinks: how many requests ([`http::Part`]) of batch `seq` are through.
+    parts_done: Option<(u64, usize)>,
+    /// HTTP sinks: the receiver refused the samples of the batch being sent.
+    batch_rejected: bool,
+    /// Batches the receiver refused as bad (400, 413, 422), and their samples; samples and
+    /// crash reports it refused in a partial success (OTLP).
     rejected_batches: u64,
     rejected_samples: u64,
+    rejected_crash_reports: u64,
+    /// `agent.tags` (also in every sample): OTLP sends them as resource attributes.
+    agent_tags: std::collections::BTreeMap<String, String>,
     /// Spooled batches that did not decode (dropped, counted).
     undecodable_batches: u64,
     /// Samples dropped because the spool could not take them for too long.
@@ -195,8 +207,12 @@ impl Uploader {
             crash_marker: spool_dir.join("crash_reports_sent"),
             http_busy: false,
             http_ok: false,
+            parts_done: None,
+            batch_rejected: false,
             rejected_batches: 0,
             rejected_samples: 0,
+            rejected_crash_reports: 0,
+            agent_tags: Default::default(),
             undecodable_batches: 0,
             disk_full_samples: 0,
             unreadable_crash_reports: 0,
@@ -319,12 +335,19 @@ impl Uploader {
     }
 
     /// Sends pending batches: over the WebSocket up to the window ([`native`]), or one
-    /// request at a time ([`remote_write`]).
+    /// request at a time ([`http`]).
     fn pump(&mut self, ctx: &mut Context<Self>) {
         match self.cfg.kind {
-            SinkType::RemoteWrite => self.pump_http(ctx),
+            SinkType::RemoteWrite | SinkType::Otlp => self.pump_http(ctx),
             SinkType::Vigil => self.pump_ws(),
         }
+    }
+
+    /// `agent.tags`: an OTLP sink sends them as resource attributes (and leaves them out of
+    /// each data point's).
+    pub fn with_agent_tags(mut self, tags: std::collections::BTreeMap<String, String>) -> Self {
+        self.agent_tags = tags;
+        self
     }
 
     /// The TLS settings for a `https://` or `wss://` URL, `None` for plain ones.
@@ -379,6 +402,7 @@ impl Uploader {
             ("disk_full_samples", self.disk_full_samples),
             ("rejected_batches", self.rejected_batches),
             ("rejected_samples", self.rejected_samples),
+            ("rejected_crash_reports", self.rejected_crash_reports),
             ("undecodable_batches", self.undecodable_batches),
             ("corrupt_records", st.corrupt_records),
             ("torn_bytes", st.torn_bytes),
@@ -391,6 +415,7 @@ impl Uploader {
             kind: match self.cfg.kind {
                 crate::config::SinkType::Vigil => "vigil",
                 crate::config::SinkType::RemoteWrite => "remote_write",
+                crate::config::SinkType::Otlp => "otlp",
             },
             connected: self.conn.is_some() || self.http_ok,
             sent_batches: self.acked_batches,
@@ -479,7 +504,7 @@ impl Handler<crate::upload::token::TokenChanged> for Uploader {
     fn handle(&mut self, _: crate::upload::token::TokenChanged, ctx: &mut Context<Self>) {
         tracing::info!(sink = %self.cfg.name, "New upload token; reconnecting with it.");
         self.backoff.reset();
-        if self.cfg.kind == SinkType::RemoteWrite {
+        if self.cfg.kind != SinkType::Vigil {
             return; // read at every request
         }
         if self.connecting {

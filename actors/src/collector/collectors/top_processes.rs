@@ -101,6 +101,9 @@ pub fn samples(procs: &[Proc], n: usize, out: &mut Vec<Sample>) {
     }
 }
 
+/// CPU ticks (user + system) by (pid, start time).
+type Ticks = HashMap<(i32, u64), u64>;
+
 pub struct TopProcesses {
     env: Env,
     top_n: usize,
@@ -109,7 +112,7 @@ pub struct TopProcesses {
     page_size: u64,
     /// CPU ticks by (pid, start time) at the last scan, and when it was made. Replaced by
     /// every scan: it holds the processes alive then, no more.
-    last: Option<(HashMap<(i32, u64), u64>, Instant)>,
+    last: Option<(Ticks, Instant)>,
 }
 
 impl TopProcesses {
