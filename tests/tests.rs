@@ -11,6 +11,7 @@ mod inspect;
 mod metrics;
 mod ops;
 mod peers;
+mod reload;
 mod status;
 mod supervision;
 mod tls;

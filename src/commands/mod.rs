@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod keys;
 pub mod once;
 pub mod receive;
+pub mod reload;
 pub mod run;
 pub mod stack_dump;
 pub mod status;

@@ -10,15 +10,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use crate::commands::daemon::{self, Readiness};
+use crate::commands::reload;
+use crate::config;
+use crate::endpoint::{ConfigInfo, Live};
 use actix::AsyncContext;
 use anyhow::Context as _;
 use tokio::signal::unix::{signal, SignalKind};
 use vigil_actors::config::Config;
 use vigil_actors::supervisor::{Shutdown, Supervisor, SupervisorSettings};
-use vigil_actors::upload::Uploader;
-
-use crate::commands::daemon::{self, Readiness};
-use crate::config;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -86,12 +86,7 @@ fn run(
     let abs = |p: &Path| cwd.join(p);
     let log_file = log_file.map(|p| abs(&p));
     let pidfile = args.pidfile.as_deref().map(abs);
-    let files = cfg.upload.iter_mut().flat_map(|u| [&mut u.token_file, &mut u.ca_file]);
-    for f in files.chain([&mut cfg.checkin.ca_file, &mut cfg.checkin.public_key_file]) {
-        if !f.is_empty() {
-            *f = abs(Path::new(f)).to_string_lossy().into_owned();
-        }
-    }
+    reload::absolutize(&mut cfg, &cwd);
     let previous = match &pidfile {
         Some(p) => daemon::check_pidfile(p)?,
         None => daemon::Previous::None,
@@ -101,26 +96,7 @@ fn run(
     let data_dir = abs(&config::data_dir(args.data_dir.as_deref(), &cfg));
     make_private_dir(&data_dir)?;
     let listen = cfg.status.listen_addr().map_err(anyhow::Error::msg)?;
-    let token = match cfg.status.token_file.as_str() {
-        "" => None,
-        f => {
-            let path = abs(Path::new(f));
-            if let Some(w) =
-                vigil_actors::config::secret_file_warning(&path.to_string_lossy(), "status.token_file")
-            {
-                tracing::warn!("{w}");
-            }
-            let token = std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read status.token_file {f}"))?
-                .trim()
-                .to_string();
-            anyhow::ensure!(
-                !token.is_empty(),
-                "status.token_file {f} is empty: refusing to serve without a token"
-            );
-            Some(token)
-        }
-    };
+    let token = reload::status_token(&cfg.status.token_file)?;
     let checkin_key = match cfg.checkin.url.as_str() {
         "" => None,
         _ => Some(
@@ -173,16 +149,16 @@ fn run(
         version: vigil_actors::VERSION.to_string(),
         collectors: cfg.collectors.clone(),
         tags: cfg.agent.tags.clone(),
-        upload_hosts: cfg.upload.iter().filter_map(|u| url_host(&u.url)).collect(),
+        upload_hosts: reload::upload_hosts(&cfg),
         sinks: Vec::new(),
         notify,
     };
-    let host = if cfg.agent.hostname.is_empty() {
-        sysinfo::System::host_name().unwrap_or_else(|_| "unknown".into())
-    } else {
-        cfg.agent.hostname.clone()
-    };
+    let host = reload::host_name(&cfg);
     let uploads = cfg.upload.clone();
+    let tags = cfg.agent.tags.clone();
+    let config_info = ConfigInfo { source: source.to_string(), loaded_at: reload::now(), reload_error: None };
+    let cli = (args.config.clone(), args.data_dir.clone(), args.log_file.is_some());
+    let current = cfg.clone();
     let checkin = cfg.checkin.clone();
     let base_collectors = cfg.collectors.clone();
     // A series not refreshed for three intervals has stopped (a container gone, a collector
@@ -194,7 +170,6 @@ fn run(
         // Bind the status endpoint before the first collector is spawned: a port in use is
         // a fatal start-up error and must not leave a child behind.
         let mut settings = settings;
-        let mut sinks = Vec::new();
         let mut agent_id = String::new();
         if !uploads.is_empty() || checkin_key.is_some() {
             agent_id = vigil_actors::upload::protocol::agent_id(&settings.data_dir)
@@ -204,21 +179,14 @@ fn run(
             .iter()
             .find(|u| u.kind == vigil_actors::config::SinkType::Vigil && !u.token_file.is_empty())
             .map(|u| std::path::PathBuf::from(&u.token_file));
-        {
-            for u in uploads {
-                // A spool that cannot be opened is tried again at every flush: it never stops
-                // the agent from starting (CONTRACT §10).
-                let up = Uploader::new(u, &settings.data_dir, agent_id.clone(), host.clone())
-                    .with_agent_tags(settings.tags.clone())
-                    .with_checkin_token(checkin_key.is_some())
-                    .with_crash_reports(vigil_actors::supervisor::crash_report::upload_source(
-                        settings.crash_dir(),
-                    ));
-                // Each sink on its own thread: its spool's fsyncs and its connection can
-                // stall it, never the supervision thread.
-                sinks.push(up.start_on_own_thread());
-            }
-        }
+        let sink_ctx = reload::SinkContext {
+            data_dir: settings.data_dir.clone(),
+            agent_id: agent_id.clone(),
+            checkins: checkin_key.is_some(),
+        };
+        let configured: Vec<_> =
+            uploads.into_iter().map(|u| (u.clone(), sink_ctx.start(u, &host, &tags))).collect();
+        let sinks: Vec<_> = configured.iter().map(|(_, h)| h.clone()).collect();
         settings.sinks = sinks.clone();
         let ctx = actix::Context::<Supervisor>::new();
         let supervisor = ctx.address();
@@ -237,12 +205,29 @@ fn run(
             });
         }
         let crash_dir = settings.crash_dir();
+        let data_dir = settings.data_dir.clone();
         let (sup, feed) = Supervisor::new(settings).context("cannot start the supervisor's disk thread")?;
-        if let Some((_handle, addr)) =
-            crate::endpoint::start(&listen, token, stale_after, crash_dir, feed, sinks)?
-        {
+        let live = Arc::new(Live::new(sinks, config_info, stale_after));
+        let server = crate::endpoint::start(&listen, token.clone(), crash_dir, feed.clone(), live.clone())?;
+        if let Some((_, addr)) = &server {
             tracing::info!(addr = %addr, "Status endpoint listening.");
         }
+        let mut running = reload::Running {
+            cli_config: cli.0,
+            cli_data_dir: cli.1,
+            cli_log_file: cli.2,
+            cwd,
+            current,
+            data_dir,
+            host: host.clone(),
+            sink_ctx,
+            sinks: configured,
+            supervisor: supervisor.clone(),
+            live,
+            feed,
+            server: server.map(|(h, _)| h),
+            status_token: token,
+        };
         // Written once the endpoint answers, and before the first collector exists.
         let pidfile = pidfile.map(|p| daemon::Pidfile::write(&p, std::process::id())).transpose()?;
         ctx.run(sup);
@@ -256,12 +241,13 @@ fn run(
                 }
             });
         }
-        // SIGHUP reopens the log file (logrotate); its default action would kill the
-        // supervisor without stopping the collector.
+        // SIGHUP reopens the log file (logrotate) and reloads the configuration; its default
+        // action would kill the supervisor without stopping the collector.
         let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
         actix_rt::spawn(async move {
             while hup.recv().await.is_some() {
                 reopen_log(&log);
+                running.reload().await;
             }
         });
         Ok(pidfile)
@@ -302,17 +288,6 @@ fn reopen_log(log: &crate::logging::Log) {
     };
     tracing::info!(log_file = %path.display(), "SIGHUP received; reopening the log file.");
     log.reopen();
-}
-
-/// The host name of a URL (`ws://host:port/path` → `host`, `[::1]` → `::1`), for the dns
-/// collector.
-fn url_host(url: &str) -> Option<String> {
-    match url::Url::parse(url).ok()?.host()? {
-        url::Host::Domain(d) if !d.is_empty() => Some(d.to_string()),
-        url::Host::Domain(_) => None,
-        url::Host::Ipv4(a) => Some(a.to_string()),
-        url::Host::Ipv6(a) => Some(a.to_string()),
-    }
 }
 
 /// Creates the data dir with mode 0700 (crash reports hold stderr tails, which can hold

@@ -21,15 +21,65 @@ use vigil_actors::upload::SinkHandle;
 /// Worker threads of the endpoint.
 pub const WORKERS: usize = 2;
 
+/// `/status` `config` (CONTRACT §2): where the configuration in force came from, when it
+/// was loaded, and why the last reload was refused (null when it was not).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConfigInfo {
+    pub source: String,
+    pub loaded_at: String,
+    pub reload_error: Option<String>,
+}
+
+/// What a configuration reload changes under a running endpoint: the sinks, the stale
+/// window of `/metrics`, and [`ConfigInfo`]. Locked only to copy out or swap in.
+pub struct Live {
+    pub sinks: std::sync::RwLock<Vec<SinkHandle>>,
+    pub config: std::sync::RwLock<ConfigInfo>,
+    /// `/metrics` leaves out series whose latest value is older than this (ms).
+    pub stale_after_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Live {
+    pub fn new(sinks: Vec<SinkHandle>, config: ConfigInfo, stale_after: std::time::Duration) -> Live {
+        Live {
+            sinks: std::sync::RwLock::new(sinks),
+            config: std::sync::RwLock::new(config),
+            stale_after_ms: (stale_after.as_millis() as u64).into(),
+        }
+    }
+
+    pub fn stale_after(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.stale_after_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    pub fn set_stale_after(&self, d: std::time::Duration) {
+        self.stale_after_ms.store(d.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn sinks(&self) -> Vec<SinkHandle> {
+        self.sinks.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn config(&self) -> ConfigInfo {
+        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_sinks(&self, sinks: Vec<SinkHandle>) {
+        *self.sinks.write().unwrap_or_else(|p| p.into_inner()) = sinks;
+    }
+
+    pub fn set_config(&self, info: ConfigInfo) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = info;
+    }
+}
+
 struct AppState {
     /// What the Supervisor publishes.
     feed: StatusFeed,
-    /// The upload sinks, for their `/status` `uploads` entries.
-    sinks: Vec<SinkHandle>,
+    /// The upload sinks (their `/status` `uploads` entries) and the config's origin.
+    live: std::sync::Arc<Live>,
     /// Bearer token every request must carry, when configured.
     token: Option<String>,
-    /// `/metrics` leaves out series whose latest value is older than this.
-    stale_after: std::time::Duration,
     /// `DATA_DIR/crashes`, served by `/crashes`; also shown in `/status` as `crash_dir`.
     crash_dir: PathBuf,
 }
@@ -39,12 +89,11 @@ struct AppState {
 pub fn start(
     listen: &ListenAddr,
     token: Option<String>,
-    stale_after: std::time::Duration,
     crash_dir: PathBuf,
     feed: StatusFeed,
-    sinks: Vec<SinkHandle>,
+    live: std::sync::Arc<Live>,
 ) -> anyhow::Result<Option<(actix_web::dev::ServerHandle, String)>> {
-    let state = web::Data::new(AppState { feed, sinks, token, stale_after, crash_dir });
+    let state = web::Data::new(AppState { feed, live, token, crash_dir });
     let server = HttpServer::new(move || {
         // Runs once on each worker thread, as it starts.
         lower_priority();
@@ -167,11 +216,12 @@ async fn status(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
         return unauthorized();
     }
     let Some(mut snap) = snapshot(&state) else { return starting() };
-    for sink in &state.sinks {
+    for sink in &state.live.sinks() {
         snap.uploads.push(serde_json::to_value(sink.status()).unwrap_or_default());
     }
     let mut body = serde_json::to_value(snap).unwrap_or_default();
     body["crash_dir"] = serde_json::Value::from(state.crash_dir.to_string_lossy());
+    body["config"] = serde_json::to_value(state.live.config()).unwrap_or_default();
     HttpResponse::Ok().json(body)
 }
 
@@ -194,13 +244,13 @@ async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     }
     let Some(status) = snapshot(&state) else { return starting() };
     let latest = state.feed.latest();
-    let sinks: Vec<_> = state.sinks.iter().map(SinkHandle::status).collect();
+    let sinks: Vec<_> = state.live.sinks().iter().map(SinkHandle::status).collect();
     let body = metrics::render(&metrics::Scrape {
         status: &status,
         sinks: &sinks,
         latest: &latest,
         now_ms: chrono::Utc::now().timestamp_millis(),
-        stale_after: state.stale_after,
+        stale_after: state.live.stale_after(),
         log_lines_dropped: crate::logging::lines_dropped(),
     });
     HttpResponse::Ok().content_type(metrics::CONTENT_TYPE).body(body)

@@ -42,6 +42,7 @@ mod updates;
 pub use policy::{Quarantine, RestartDecision, RestartPolicy};
 pub use updates::{
     ApplyCollectors, CheckinInfo, CheckinReport, CheckinStatus, GetCheckinInfo, ModuleEvent, RecordChange,
+    Reload,
 };
 
 use std::collections::{BTreeMap, HashMap};

@@ -56,6 +56,18 @@ pub struct ApplyCollectors {
     pub id: String,
 }
 
+/// What a configuration reload (SIGHUP) changes in the Supervisor: collector settings and
+/// the dns collector's default names (a graceful collector restart when either changed), the
+/// agent tags added to every sample, and the sinks samples are published to.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reload {
+    pub collectors: Box<CollectorsConfig>,
+    pub tags: std::collections::BTreeMap<String, String>,
+    pub upload_hosts: Vec<String>,
+    pub sinks: Vec<crate::upload::SinkHandle>,
+}
+
 /// The progress of a module a check-in offered.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
@@ -189,6 +201,22 @@ impl Handler<ApplyCollectors> for Supervisor {
         self.settings.collectors = *m.collectors;
         self.last_change = Some(Change::new("settings", &m.id, "applied", None));
         self.restart_gracefully(ctx, "new collector settings");
+    }
+}
+
+impl Handler<Reload> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, m: Reload, ctx: &mut Context<Self>) {
+        self.settings.tags = m.tags;
+        self.settings.sinks = m.sinks;
+        let restart =
+            *m.collectors != self.settings.collectors || m.upload_hosts != self.settings.upload_hosts;
+        self.settings.collectors = *m.collectors;
+        self.settings.upload_hosts = m.upload_hosts;
+        if restart {
+            self.restart_gracefully(ctx, "configuration reloaded");
+        }
     }
 }
 

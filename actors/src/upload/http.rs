@@ -92,6 +92,12 @@ thread_local! {
     static CLIENTS: std::cell::RefCell<std::collections::HashMap<String, awc::Client>> = Default::default();
 }
 
+/// Drops the client of sink `name` (its TLS settings may have changed): the next request
+/// makes a new one.
+pub fn forget_client(name: &str) {
+    CLIENTS.with_borrow_mut(|c| c.remove(name));
+}
+
 impl Uploader {
     /// The requests that deliver `batch` on this sink.
     fn parts(&self, batch: &Batch) -> Vec<Part> {
@@ -109,7 +115,8 @@ impl Uploader {
     /// error keeps it and retries with backoff, waiting at least what `Retry-After` asks
     /// ([`outcome`]).
     pub(super) fn pump_http(&mut self, ctx: &mut Context<Self>) {
-        if self.http_busy {
+        // A reload may have made an HTTP sink a vigil one while a retry was scheduled.
+        if self.http_busy || self.cfg.kind == SinkType::Vigil {
             return;
         }
         let Some(seq) = self.spool.first_pending() else { return };

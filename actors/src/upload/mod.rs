@@ -145,6 +145,10 @@ pub struct Uploader {
     rejected_crash_reports: u64,
     /// `agent.tags` (also in every sample): OTLP sends them as resource attributes.
     agent_tags: std::collections::BTreeMap<String, String>,
+    /// The flush timer (remade when `flush_interval_secs` changes on a reload).
+    flush_timer: Option<SpawnHandle>,
+    /// Removed by a reload: when stopped, its thread ends too.
+    retired: bool,
     /// Spooled batches that did not decode (dropped, counted).
     undecodable_batches: u64,
     /// Samples dropped because the spool could not take them for too long.
@@ -213,6 +217,8 @@ impl Uploader {
             rejected_samples: 0,
             rejected_crash_reports: 0,
             agent_tags: Default::default(),
+            flush_timer: None,
+            retired: false,
             undecodable_batches: 0,
             disk_full_samples: 0,
             unreadable_crash_reports: 0,
@@ -438,8 +444,7 @@ impl Actor for Uploader {
         if self.status_tx.is_some() {
             ctx.run_interval(STATUS_EVERY, |this, _| this.publish_status());
         }
-        let every = crate::config::secs(self.cfg.flush_interval_secs);
-        ctx.run_interval(every, |this, ctx| this.flush(ctx));
+        self.start_flush_timer(ctx);
         if self.cfg.kind == SinkType::Vigil {
             self.connect(ctx);
         }
@@ -447,6 +452,77 @@ impl Actor for Uploader {
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         self.spool_remaining();
+        if self.retired {
+            actix::Arbiter::current().stop();
+        }
+    }
+}
+
+impl Uploader {
+    fn start_flush_timer(&mut self, ctx: &mut Context<Self>) {
+        if let Some(old) = self.flush_timer.take() {
+            ctx.cancel_future(old);
+        }
+        let every = crate::config::secs(self.cfg.flush_interval_secs);
+        self.flush_timer = Some(ctx.run_interval(every, |this, ctx| this.flush(ctx)));
+    }
+}
+
+/// New settings for a running sink of the same name (a configuration reload): applied in
+/// place, so its spool, its seq and everything buffered stay; the connection (or the next
+/// request) is made with the new settings.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reconfigure {
+    pub cfg: UploadConfig,
+    pub host: String,
+    pub agent_tags: std::collections::BTreeMap<String, String>,
+}
+
+impl Handler<Reconfigure> for Uploader {
+    type Result = ();
+
+    fn handle(&mut self, m: Reconfigure, ctx: &mut Context<Self>) {
+        debug_assert_eq!(m.cfg.name, self.cfg.name, "the spool belongs to the name");
+        let was = std::mem::replace(&mut self.cfg, m.cfg);
+        self.host = m.host;
+        self.agent_tags = m.agent_tags;
+        self.spool.set_max_bytes(self.cfg.spool_max_bytes);
+        if was.flush_interval_secs != self.cfg.flush_interval_secs {
+            self.start_flush_timer(ctx);
+        }
+        tracing::info!(sink = %self.cfg.name, kind = ?self.cfg.kind, url = %self.cfg.url, "Sink settings changed; its spool is kept and it connects with the new ones.");
+        // Whatever was connected or made with the old settings is let go: events of the old
+        // connection are ignored from here on, what it had in flight is sent again.
+        http::forget_client(&self.cfg.name);
+        self.generation += 1;
+        self.conn = None;
+        self.awaiting_hello = false;
+        self.http_ok = false;
+        self.parts_done = None;
+        self.backoff.reset();
+        match self.cfg.kind {
+            SinkType::Vigil if self.connecting => self.reconnect = true,
+            SinkType::Vigil => self.connect(ctx),
+            SinkType::RemoteWrite | SinkType::Otlp => self.pump_http(ctx),
+        }
+        self.publish_status();
+    }
+}
+
+/// The sink was removed from the configuration: what it buffers goes into its spool (kept
+/// on disk, sent if the sink comes back), then it stops, and its thread with it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Retire;
+
+impl Handler<Retire> for Uploader {
+    type Result = ();
+
+    fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
+        tracing::info!(sink = %self.cfg.name, spooled = self.spool.pending_len(), "Sink removed from the configuration; its spool stays in the data dir.");
+        self.retired = true;
+        ctx.stop();
     }
 }
 
@@ -593,6 +669,17 @@ impl SinkHandle {
                 tracing::warn!(sink = %self.name, "Sink is stalled (its mailbox is full); samples are dropped and counted as buffer_full until it catches up.");
             }
         }
+    }
+
+    /// Applies new settings of the same sink (a reload), without waiting.
+    pub fn reconfigure(&self, m: Reconfigure) {
+        self.addr.do_send(m);
+    }
+
+    /// Stops the sink (removed by a reload), without waiting: it spools what it buffers
+    /// first.
+    pub fn retire(&self) {
+        self.addr.do_send(Retire);
     }
 
     /// The sink's last published status, with the samples its mailbox refused.

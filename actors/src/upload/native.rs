@@ -68,7 +68,8 @@ impl Uploader {
     }
 
     pub(super) fn connect(&mut self, ctx: &mut Context<Self>) {
-        if self.connecting || self.conn.is_some() {
+        // A reload may have made a vigil sink an HTTP one while a reconnect was scheduled.
+        if self.connecting || self.conn.is_some() || self.cfg.kind != crate::config::SinkType::Vigil {
             return;
         }
         self.connecting = true;

@@ -156,6 +156,11 @@ impl Spool {
         Ok(spool)
     }
 
+    /// A new size limit (a reload): applied at the next append.
+    pub fn set_max_bytes(&mut self, max_bytes: u64) {
+        self.max_bytes = max_bytes.max(1);
+    }
+
     /// Like [`Spool::open`], but a directory that cannot be opened gives a spool that holds
     /// nothing and tries again at each [`Spool::retry_open`]; the error is returned beside it.
     pub fn open_or_retry(dir: &Path, max_bytes: u64) -> (Spool, Option<SpoolError>) {
