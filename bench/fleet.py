@@ -92,8 +92,8 @@ class Stream:
     "c2s", responses when "s2c"), then WebSocket frames after an upgrade. Counters go to
     stats under keys prefixed with the side. Called with stats.lock held."""
 
-    def __init__(self, side, stats, conn, capture_bodies=False):
-        self.side, self.stats, self.conn = side, stats, conn
+    def __init__(self, side, stats, capture_bodies=False):
+        self.side, self.stats = side, stats
         self.buf = bytearray()
         self.state = "head"
         self.remaining = 0
@@ -307,20 +307,20 @@ class Relay:
             try:
                 u = socket.create_connection((host, int(port)), timeout=10)
                 u.settimeout(None)
+                for s in (c, u):
+                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 c.close()
                 continue
-            for s in (c, u):
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self.stats.lock:
                 self.stats.add("connections")
                 self.open += 1
-                conn = {}
-                conn["c2s"] = Stream("c2s", self.stats, conn)
-                conn["s2c"] = Stream("s2c", self.stats, conn, capture_bodies=self.capture)
-            done = threading.Barrier(2, action=lambda: self.closed(c, u))
-            threading.Thread(target=self.pump, args=(c, u, conn["c2s"], done), daemon=True).start()
-            threading.Thread(target=self.pump, args=(u, c, conn["s2c"], done), daemon=True).start()
+                c2s = Stream("c2s", self.stats)
+                s2c = Stream("s2c", self.stats, capture_bodies=self.capture)
+            # Both pumps done: close this connection's two sockets (bound now, not late).
+            done = threading.Barrier(2, action=lambda c=c, u=u: self.closed(c, u))
+            threading.Thread(target=self.pump, args=(c, u, c2s, done), daemon=True).start()
+            threading.Thread(target=self.pump, args=(u, c, s2c, done), daemon=True).start()
 
     def closed(self, a, b):
         with self.stats.lock:
@@ -567,11 +567,17 @@ def run_in(args, d, procs, interval, flush, duration, scrape, label):
     def quiet_snapshot(not_before):
         """Waits for a moment with no traffic in flight anywhere, then reads every counter."""
         need = min(0.25, interval / 4)
+        give_up = max(not_before, time.monotonic()) + 3 * max(flush, interval) + 60
         while True:
             now = time.monotonic()
             if now < not_before:
                 time.sleep(min(0.2, not_before - now))
                 continue
+            if now > give_up:
+                ups = [(u["name"], u["acked_seq"], u["last_seq"], u["last_error"])
+                       for u in status()["uploads"]]
+                sys.exit(f"fleet.py: no quiet moment; relays quiet for "
+                         f"{ {k: round(r.quiet_for(), 2) for k, r in relays.items()} }, sinks {ups}")
             if all(r.quiet_for() >= need for r in relays.values()):
                 s = status()
                 if all(u["acked_seq"] == u["last_seq"] for u in s["uploads"]):

@@ -193,3 +193,62 @@ fn once_prints_every_enabled_collector_as_json_and_as_a_table() {
     assert!(table.lines().next().unwrap().starts_with("COLLECTOR"), "{table}");
     assert!(table.lines().any(|l| l.contains("load_15")), "{table}");
 }
+
+/// `check-config` looks into each sink's spool in the configured data dir: damage is a
+/// warning (exit 0, the configuration is fine), and looking changes nothing.
+#[test]
+fn check_config_warns_about_a_damaged_spool_without_touching_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // A real spool: a sink whose receiver is down spools its batches.
+    let cfg = format!(
+        "{}\n[agent]\ndata_dir = \"{}\"\n[collectors]\ninterval_secs = 0.2\n[collectors.time_drift]\nenabled = false\n\n\
+         [[upload]]\nname = \"main\"\nurl = \"ws://127.0.0.1:9/v1/ingest\"\nflush_interval_secs = 0.2\n",
+        fast_config(""),
+        data.display()
+    );
+    let agent =
+        Agent::start_at(tempfile::tempdir().unwrap(), &data, &dir.path().join("vigil.log"), &cfg, &[]);
+    agent.wait_status(Duration::from_secs(30), "a backlog", |s| {
+        s["uploads"][0]["spooled_batches"].as_u64() >= Some(5)
+    });
+    let (st, _) = agent.stop(Duration::from_secs(20));
+    assert!(st.success());
+    let file = dir.path().join("vigil.toml");
+    std::fs::write(&file, &cfg).unwrap();
+    let (code, out) = check_config(&file);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("warning"), "an intact spool: {out}");
+    // Damage: a flipped byte in a record, a torn tail, a directory named like a segment.
+    let spool = data.join("spool/main");
+    let seg = std::fs::read_dir(&spool)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "seg"))
+        .unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[30] ^= 0xff;
+    bytes.extend_from_slice(b"VSR1\x10\x00");
+    std::fs::write(&seg, &bytes).unwrap();
+    std::fs::create_dir(spool.join("99999.seg")).unwrap();
+    let listing = |d: &Path| {
+        let mut v: Vec<(String, u64)> = std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len()))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = listing(&spool);
+    let (code, out) = check_config(&file);
+    assert_eq!(code, Some(0), "damage in the spool is not a config error: {out}");
+    let name = seg.file_name().unwrap().to_string_lossy().into_owned();
+    let warnings: Vec<&str> = out.lines().filter(|l| l.starts_with("warning: sink `main`")).collect();
+    assert!(warnings.iter().any(|w| w.contains(&name) && w.contains("1 damaged record")), "{out}");
+    assert!(warnings.iter().any(|w| w.contains(&name) && w.contains("torn tail of 6 bytes")), "{out}");
+    assert!(warnings.iter().any(|w| w.contains("99999.seg") && w.contains("not a regular file")), "{out}");
+    assert_eq!(listing(&spool), before, "check-config changes nothing");
+    assert!(out.contains(": ok"), "{out}");
+}

@@ -642,6 +642,63 @@ fn record_at(data: &[u8], pos: usize) -> Option<(Record, usize)> {
     (hasher.finalize() == crc).then(|| (Record { seq, payload: payload.to_vec() }, HEADER + len))
 }
 
+/// What opening the spool in `dir` would find damaged, and what earlier opens set aside,
+/// one line each, without changing anything (`vigil check-config`). A directory that does
+/// not exist yet has nothing to report; one that cannot be listed is the only `Err`.
+pub fn inspect(dir: &Path) -> Result<Vec<String>, String> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
+    };
+    let mut names: Vec<String> =
+        entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    let mut out = Vec::new();
+    match fs::read_to_string(dir.join("acked")) {
+        Ok(s) if s.trim().parse::<u64>().is_err() => out.push(format!(
+            "acked does not hold a number ({:?}); it will be set aside as acked.bad and every batch resent",
+            s.trim()
+        )),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            out.push(format!("acked cannot be read ({e}); it will be set aside and every batch resent"))
+        }
+        _ => {}
+    }
+    for name in &names {
+        let path = dir.join(name);
+        if name.ends_with(".bad") {
+            out.push(format!(
+                "{name}: set aside as damaged by an earlier start (kept for inspection, never sent)"
+            ));
+            continue;
+        }
+        if name.strip_suffix(".seg").and_then(|s| s.parse::<u64>().ok()).is_none() {
+            continue;
+        }
+        match scan(&path) {
+            Err(why) => out.push(format!("{name}: {why}; it will be set aside as {name}.bad")),
+            Ok((records, _, _, len)) if records.is_empty() && len > 0 => out.push(format!(
+                "{name}: holds no valid record ({len} bytes); it will be set aside as {name}.bad"
+            )),
+            Ok((_, valid, corrupt, len)) => {
+                if corrupt > 0 {
+                    out.push(format!(
+                        "{name}: {corrupt} damaged record(s), to be skipped and counted as corrupt_records"
+                    ));
+                }
+                if valid < len {
+                    out.push(format!(
+                        "{name}: torn tail of {} bytes, to be cut and counted as torn_bytes",
+                        len - valid
+                    ));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// (seq, offset, payload length) of each valid record, the valid length, the damaged records
 /// skipped and the file's length; `Err` with the reason when it is not a readable regular file.
 type Scanned = (Vec<(u64, u64, u32)>, u64, u64, u64);
