@@ -54,7 +54,7 @@ fn every_registered_collector_runs_in_the_real_child_without_errors() {
         assert_eq!(c["errors"], 0, "{c:#}");
     }
     // Collectors with something to measure on any Linux host produced samples.
-    for name in ["cpu", "fs", "load", "mem", "processes", "time_drift"] {
+    for name in ["cpu", "fs", "load", "mem", "processes", "time_drift", "tcp", "top_processes"] {
         assert!(entry(&s, name)["samples"].as_u64() > Some(0), "{name}: {s:#}");
     }
     assert_eq!(s["collector"]["incarnation"], 1);
@@ -114,4 +114,47 @@ fn a_crash_names_the_collector_in_flight_and_repeat_crashes_quarantine_it() {
     assert!(entry(&s2, "cpu")["collections"].as_u64().unwrap() >= cpu_before + 2, "others keep collecting");
     // After quarantine_secs the collector runs again (and, still faulty, crashes again).
     agent.wait_status(T, "load back and crashing", |s| entry(s, "load")["crashes"].as_u64() >= Some(3));
+}
+
+/// A real busy process shows in `/metrics` among the top processes, tagged with its pid and
+/// name; once it exits its series stops and is gone after the stale window (30 s here), so
+/// the series count follows the processes that exist.
+#[test]
+fn top_processes_shows_a_busy_process_and_forgets_it_after_it_exits() {
+    let mut busy = Reaped::spawn(std::process::Command::new("sh").args(["-c", "while :; do :; done"]));
+    let pid = busy.pid().to_string();
+    let agent = Agent::start(&with_collectors("", "[collectors.top_processes]\ntop_n = 2\n"), &[]);
+    let series = |metrics: &str| -> Vec<String> {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("vigil_process_cpu_util_ratio{"))
+            .map(str::to_string)
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + T;
+    let line = loop {
+        let (_, m) = agent.get("/metrics");
+        if let Some(l) = series(&m).into_iter().find(|l| l.contains(&format!("pid=\"{pid}\""))) {
+            break l;
+        }
+        assert!(std::time::Instant::now() < deadline, "the busy sh ({pid}) never showed: {m}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(line.contains("name=\"sh\""), "{line}");
+    let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(value > 0.2, "one busy CPU of this host's few is a large share: {line}");
+    let (_, m) = agent.get("/metrics");
+    assert!(series(&m).len() <= 4, "at most 2 × top_n processes: {m}");
+    busy.stop(libc::SIGKILL, Duration::from_secs(5));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, m) = agent.get("/metrics");
+        if !m.contains(&format!("pid=\"{pid}\"")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the exited process's series never expired");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let s = agent.status();
+    assert_eq!(entry(&s, "top_processes")["errors"], 0);
 }
