@@ -94,23 +94,27 @@ pub struct SinkContext {
 }
 
 impl SinkContext {
-    /// Starts one sink on a thread of its own: its spool's fsyncs and its connection can
-    /// stall it, never the supervision thread. A spool that cannot be opened is tried again
-    /// at every flush: it never stops the agent (CONTRACT §10).
-    pub fn start(
-        &self,
-        u: UploadConfig,
-        host: &str,
-        tags: &std::collections::BTreeMap<String, String>,
-    ) -> SinkHandle {
+    /// A sink, its spool opened (disk I/O: off the supervision thread once it runs). A spool
+    /// that cannot be opened is tried again at every flush: it never stops the agent
+    /// (CONTRACT §10).
+    pub fn make(&self, u: UploadConfig, host: &str, tags: &std::collections::BTreeMap<String, String>) -> Uploader {
         Uploader::new(u, &self.data_dir, self.agent_id.clone(), host.to_string())
             .with_agent_tags(tags.clone())
             .with_checkin_token(self.checkins)
-            .with_crash_reports(vigil_actors::supervisor::crash_report::upload_source(
-                self.data_dir.join("crashes"),
-            ))
-            .start_on_own_thread()
+            .with_crash_reports(vigil_actors::supervisor::crash_report::upload_source(self.data_dir.join("crashes")))
     }
+
+    /// Makes one sink and starts it on a thread of its own: its spool's fsyncs and its
+    /// connection can stall it, never the supervision thread.
+    pub fn start(&self, u: UploadConfig, host: &str, tags: &std::collections::BTreeMap<String, String>) -> SinkHandle {
+        self.make(u, host, tags).start_on_own_thread()
+    }
+}
+
+/// Runs `f` (file I/O) on the blocking pool: a reload runs on the supervision thread, which
+/// nothing may stall, not even a config file on a frozen disk.
+async fn off_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+    actix_rt::task::spawn_blocking(f).await.map_err(|e| anyhow::anyhow!("reload task failed: {e}"))
 }
 
 /// The running agent as a reload sees it.
@@ -137,7 +141,15 @@ impl Running {
     pub async fn reload(&mut self) {
         let source = config::lookup(self.cli_config.as_deref());
         tracing::info!(config = %source, "SIGHUP received; reloading the configuration.");
-        let mut new = match config::load(&source) {
+                let from = source.clone();
+        let loaded = match off_thread(move || config::load(&from)).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "Reload failed; the configuration in force stays.");
+                return;
+            }
+        };
+        let mut new = match loaded {
             Ok(c) => c,
             Err(e) => {
                 let text = e.to_string();
@@ -164,8 +176,12 @@ impl Running {
                 new.status = self.current.status.clone();
             }
         }
-        if !new.upload.is_empty() && self.sink_ctx.agent_id.is_empty() {
-            match vigil_actors::upload::protocol::agent_id(&self.data_dir) {
+                if !new.upload.is_empty() && self.sink_ctx.agent_id.is_empty() {
+            let dir = self.data_dir.clone();
+            let id = off_thread(move || vigil_actors::upload::protocol::agent_id(&dir).map_err(anyhow::Error::from))
+                .await
+                .and_then(|r| r);
+            match id {
                 Ok(id) => self.sink_ctx.agent_id = id,
                 Err(e) => {
                     tracing::error!(error = %e, "Cannot read or create agent_id; the sinks stay as they were.");
@@ -177,7 +193,7 @@ impl Running {
                 }
             }
         }
-        self.apply_sinks(&new);
+                self.apply_sinks(&new).await;
         self.live.set_stale_after(new.collectors.stale_after());
         self.supervisor.do_send(Reload {
             collectors: Box::new(new.collectors.clone()),
@@ -225,8 +241,8 @@ impl Running {
         new.checkin = cur.checkin.clone();
     }
 
-    /// Starts, reconfigures and retires sinks by name.
-    fn apply_sinks(&mut self, new: &Config) {
+        /// Starts, reconfigures and retires sinks by name.
+    async fn apply_sinks(&mut self, new: &Config) {
         let host = host_name(new);
         let tags_changed = new.agent.tags != self.current.agent.tags;
         let mut old = std::mem::take(&mut self.sinks);
@@ -245,8 +261,11 @@ impl Running {
                 }
                 None => {
                     tracing::info!(sink = %u.name, kind = ?u.kind, url = %u.url, "Sink added by the reload.");
-                    let handle = self.sink_ctx.start(u.clone(), &host, &new.agent.tags);
-                    self.sinks.push((u.clone(), handle));
+                                        let (ctx, cfg, h, tags) = (self.sink_ctx.clone(), u.clone(), host.clone(), new.agent.tags.clone());
+                    match off_thread(move || ctx.make(cfg, &h, &tags)).await {
+                        Ok(up) => self.sinks.push((u.clone(), up.start_on_own_thread())),
+                        Err(e) => tracing::error!(sink = %u.name, error = format!("{e:#}"), "Cannot start the added sink."),
+                    }
                 }
             }
         }
@@ -260,8 +279,9 @@ impl Running {
     /// Replaces the status listener with one for `new.status`; when that fails, the old one
     /// is started again and the error returned.
     async fn restart_status(&mut self, new: &Config) -> anyhow::Result<()> {
-        let listen = new.status.listen_addr().map_err(anyhow::Error::msg)?;
-        let token = status_token(&new.status.token_file)?;
+                let listen = new.status.listen_addr().map_err(anyhow::Error::msg)?;
+        let file = new.status.token_file.clone();
+        let token = off_thread(move || status_token(&file)).await??;
         if let Some(old) = self.server.take() {
             old.stop(true).await;
         }
