@@ -97,16 +97,28 @@ impl SinkContext {
     /// A sink, its spool opened (disk I/O: off the supervision thread once it runs). A spool
     /// that cannot be opened is tried again at every flush: it never stops the agent
     /// (CONTRACT §10).
-    pub fn make(&self, u: UploadConfig, host: &str, tags: &std::collections::BTreeMap<String, String>) -> Uploader {
+    pub fn make(
+        &self,
+        u: UploadConfig,
+        host: &str,
+        tags: &std::collections::BTreeMap<String, String>,
+    ) -> Uploader {
         Uploader::new(u, &self.data_dir, self.agent_id.clone(), host.to_string())
             .with_agent_tags(tags.clone())
             .with_checkin_token(self.checkins)
-            .with_crash_reports(vigil_actors::supervisor::crash_report::upload_source(self.data_dir.join("crashes")))
+            .with_crash_reports(vigil_actors::supervisor::crash_report::upload_source(
+                self.data_dir.join("crashes"),
+            ))
     }
 
     /// Makes one sink and starts it on a thread of its own: its spool's fsyncs and its
     /// connection can stall it, never the supervision thread.
-    pub fn start(&self, u: UploadConfig, host: &str, tags: &std::collections::BTreeMap<String, String>) -> SinkHandle {
+    pub fn start(
+        &self,
+        u: UploadConfig,
+        host: &str,
+        tags: &std::collections::BTreeMap<String, String>,
+    ) -> SinkHandle {
         self.make(u, host, tags).start_on_own_thread()
     }
 }
@@ -141,7 +153,7 @@ impl Running {
     pub async fn reload(&mut self) {
         let source = config::lookup(self.cli_config.as_deref());
         tracing::info!(config = %source, "SIGHUP received; reloading the configuration.");
-                let from = source.clone();
+        let from = source.clone();
         let loaded = match off_thread(move || config::load(&from)).await {
             Ok(loaded) => loaded,
             Err(e) => {
@@ -176,11 +188,13 @@ impl Running {
                 new.status = self.current.status.clone();
             }
         }
-                if !new.upload.is_empty() && self.sink_ctx.agent_id.is_empty() {
+        if !new.upload.is_empty() && self.sink_ctx.agent_id.is_empty() {
             let dir = self.data_dir.clone();
-            let id = off_thread(move || vigil_actors::upload::protocol::agent_id(&dir).map_err(anyhow::Error::from))
-                .await
-                .and_then(|r| r);
+            let id = off_thread(move || {
+                vigil_actors::upload::protocol::agent_id(&dir).map_err(anyhow::Error::from)
+            })
+            .await
+            .and_then(|r| r);
             match id {
                 Ok(id) => self.sink_ctx.agent_id = id,
                 Err(e) => {
@@ -193,7 +207,7 @@ impl Running {
                 }
             }
         }
-                self.apply_sinks(&new).await;
+        self.apply_sinks(&new).await;
         self.live.set_stale_after(new.collectors.stale_after());
         self.supervisor.do_send(Reload {
             collectors: Box::new(new.collectors.clone()),
@@ -241,7 +255,7 @@ impl Running {
         new.checkin = cur.checkin.clone();
     }
 
-        /// Starts, reconfigures and retires sinks by name.
+    /// Starts, reconfigures and retires sinks by name.
     async fn apply_sinks(&mut self, new: &Config) {
         let host = host_name(new);
         let tags_changed = new.agent.tags != self.current.agent.tags;
@@ -261,10 +275,13 @@ impl Running {
                 }
                 None => {
                     tracing::info!(sink = %u.name, kind = ?u.kind, url = %u.url, "Sink added by the reload.");
-                                        let (ctx, cfg, h, tags) = (self.sink_ctx.clone(), u.clone(), host.clone(), new.agent.tags.clone());
+                    let (ctx, cfg, h, tags) =
+                        (self.sink_ctx.clone(), u.clone(), host.clone(), new.agent.tags.clone());
                     match off_thread(move || ctx.make(cfg, &h, &tags)).await {
                         Ok(up) => self.sinks.push((u.clone(), up.start_on_own_thread())),
-                        Err(e) => tracing::error!(sink = %u.name, error = format!("{e:#}"), "Cannot start the added sink."),
+                        Err(e) => {
+                            tracing::error!(sink = %u.name, error = format!("{e:#}"), "Cannot start the added sink.")
+                        }
                     }
                 }
             }
@@ -279,7 +296,7 @@ impl Running {
     /// Replaces the status listener with one for `new.status`; when that fails, the old one
     /// is started again and the error returned.
     async fn restart_status(&mut self, new: &Config) -> anyhow::Result<()> {
-                let listen = new.status.listen_addr().map_err(anyhow::Error::msg)?;
+        let listen = new.status.listen_addr().map_err(anyhow::Error::msg)?;
         let file = new.status.token_file.clone();
         let token = off_thread(move || status_token(&file)).await??;
         if let Some(old) = self.server.take() {

@@ -36,7 +36,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
-use super::http::{Carries, Part};
+use super::http::{Carries, Part, PartialReader};
 use super::protocol::Batch;
 use crate::sample::Unit;
 use crate::supervisor::crash_report::CrashReport;
@@ -239,26 +239,23 @@ pub fn endpoint(base: &str, path: &str) -> String {
 /// The requests of one batch: its samples, then its crash reports (either left out when
 /// the batch has none).
 pub fn parts(base: &str, batch: &Batch, agent_tags: &BTreeMap<String, String>) -> Vec<Part> {
+    let part = |path, body, carries, partial| Part {
+        url: endpoint(base, path),
+        body,
+        headers: HEADERS,
+        carries,
+        partial: Some(partial),
+        error_text: Some(status_message),
+    };
     let mut out = Vec::new();
     if !batch.samples.is_empty() {
-        out.push(Part {
-            url: endpoint(base, "/v1/metrics"),
-            body: gzip_body(&metrics_request(batch, agent_tags)),
-            headers: HEADERS,
-            carries: Carries::Samples(batch.samples.len() as u64),
-            partial: Some(metrics_partial),
-            error_text: Some(status_message),
-        });
+        let body = gzip_body(&metrics_request(batch, agent_tags));
+        out.push(part("/v1/metrics", body, Carries::Samples(batch.samples.len() as u64), metrics_partial));
     }
     if !batch.crash_reports.is_empty() {
-        out.push(Part {
-            url: endpoint(base, "/v1/logs"),
-            body: gzip_body(&logs_request(batch, agent_tags)),
-            headers: HEADERS,
-            carries: Carries::CrashReports(batch.crash_reports.len() as u64),
-            partial: Some(logs_partial),
-            error_text: Some(status_message),
-        });
+        let body = gzip_body(&logs_request(batch, agent_tags));
+        let n = batch.crash_reports.len() as u64;
+        out.push(part("/v1/logs", body, Carries::CrashReports(n), logs_partial as PartialReader));
     }
     out
 }
