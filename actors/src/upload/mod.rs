@@ -15,6 +15,7 @@
 pub mod http;
 pub mod native;
 pub mod otlp;
+pub mod part;
 pub mod protocol;
 pub mod remote_write;
 pub mod spool;

@@ -36,7 +36,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
-use super::http::{Carries, Part, PartialReader};
+use super::part::{Carries, Part, PartialReader};
 use super::protocol::Batch;
 use crate::sample::Unit;
 use crate::supervisor::crash_report::CrashReport;

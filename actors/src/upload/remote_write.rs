@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use super::http::{Carries, Part};
+use super::part::{Carries, Part};
 use super::protocol::Batch;
 use crate::sample::metric_name as sanitize;
 
