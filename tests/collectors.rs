@@ -158,3 +158,58 @@ fn top_processes_shows_a_busy_process_and_forgets_it_after_it_exits() {
     let s = agent.status();
     assert_eq!(entry(&s, "top_processes")["errors"], 0);
 }
+
+/// Real connection-tracking state made here: in a network namespace of its own (unshare),
+/// an nftables rule that matches on conntrack state makes the kernel track the 20 loopback
+/// connections a helper holds open, and `vigil once`, run in that namespace, counts them.
+#[test]
+fn conntrack_counts_real_tracked_connections() {
+    assert!(
+        ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"].iter().any(|p| std::path::Path::new(p).exists()),
+        "nft is not installed: run scripts/test (it installs nftables)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("vigil.toml");
+    let only: String = vigil_actors::collector::collectors::NAMES
+        .iter()
+        .filter(|n| **n != "conntrack")
+        .map(|n| format!("[collectors.{n}]\nenabled = false\n"))
+        .collect();
+    std::fs::write(&cfg, only).unwrap();
+    let script = r#"set -e
+ip link set lo up
+nft add table inet vigiltest
+nft add chain inet vigiltest out '{ type filter hook output priority 0; }'
+nft add rule inet vigiltest out ct state new counter accept
+/usr/bin/python3 -c '
+import socket, sys, time
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(64)
+keep = []
+for _ in range(20):
+    keep.append(socket.create_connection(l.getsockname())); keep.append(l.accept()[0])
+open(sys.argv[1], "w").write("ready")
+time.sleep(60)
+' "$READY" &
+holder=$!
+while [ ! -s "$READY" ]; do sleep 0.05; done
+"$VIGIL" once --json --config "$CFG"
+kill $holder
+"#;
+    let out = std::process::Command::new("unshare")
+        .args(["--net", "sh", "-c", script])
+        .env("VIGIL", vigil())
+        .env("CFG", &cfg)
+        .env("READY", dir.path().join("ready"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let samples: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let value = |name: &str| {
+        samples.as_array().unwrap().iter().find(|s| s["name"] == name).and_then(|s| s["value"].as_f64())
+    };
+    let entries = value("conntrack_entries").unwrap_or_else(|| panic!("no conntrack_entries: {stdout}"));
+    assert!((20.0..100.0).contains(&entries), "20 tracked connections and little else: {entries}");
+    let util = value("conntrack_util").unwrap();
+    assert!(util > 0.0 && util < 100.0, "{util}");
+}

@@ -258,8 +258,9 @@ fn json_log_lines_parse_and_keep_the_collector_output() {
             .stdin(Stdio::null()),
     );
     let lines = || -> Vec<Value> {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
+        // Complete lines only: the last one may still be being written.
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text[..text.rfind('\n').map_or(0, |i| i + 1)]
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
             .collect()

@@ -50,9 +50,10 @@ impl OtlpReceiver {
         OtlpReceiver { _child: child, addr, out, _dir: dir }
     }
 
+    /// The complete lines so far (the last one may still be being written).
     fn lines(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.out)
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        text[..text.rfind('\n').map_or(0, |i| i + 1)]
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l}: {e}")))
             .collect()

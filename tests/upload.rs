@@ -57,9 +57,13 @@ impl Receiver {
         self.child.id() as i32
     }
 
+    /// The complete lines so far: the receiver may be in the middle of writing the last
+    /// one (a write to a file is not atomic for a concurrent reader), so a line without its
+    /// newline yet is left for the next look.
     pub fn lines(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.out)
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        complete
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l}: {e}")))
             .collect()

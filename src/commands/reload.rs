@@ -226,7 +226,7 @@ impl Running {
     fn keep_restart_only(&self, new: &mut Config) {
         let cur = &self.current;
         let mut changed = Vec::new();
-        if self.cli_data_dir.is_none() && config::data_dir(None, new) != self.data_dir {
+        if self.cli_data_dir.is_none() && self.cwd.join(config::data_dir(None, new)) != self.data_dir {
             changed.push("agent.data_dir");
         }
         if !self.cli_log_file && new.agent.log_file != cur.agent.log_file {
