@@ -142,7 +142,7 @@ fn top_processes_shows_a_busy_process_and_forgets_it_after_it_exits() {
     };
     assert!(line.contains("name=\"sh\""), "{line}");
     let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-    assert!(value > 0.2, "one busy CPU of this host's few is a large share: {line}");
+    assert!(value > 0.02, "a busy process has a share well above idle: {line}");
     let (_, m) = agent.get("/metrics");
     assert!(series(&m).len() <= 4, "at most 2 × top_n processes: {m}");
     busy.stop(libc::SIGKILL, Duration::from_secs(5));
