@@ -1,18 +1,29 @@
 #!/usr/bin/env python3
-"""Overhead of vigil next to Debian's prometheus-node-exporter, in the same run.
+"""Overhead of vigil next to collectd and Debian's prometheus-node-exporter, in the same run.
 
 vigil: `vigil run` with collectors.interval_secs = INTERVAL; after CYCLES full collection
 cycles (every enabled collector ran CYCLES times, counted from /status), report
   * CPU per cycle of the collector child and of the supervisor (utime+stime from
     /proc/PID/stat, in clock ticks, over the cycles), and both together;
   * RSS of supervisor + collector (VmRSS).
+vigil is measured twice: with all collectors, and with only the seed's ten (cpu, disk,
+dns, fs, containers, load, mem, net, processes, time_drift; i.e. pressure, tcp, conntrack
+and top_processes disabled). --seed-only / --all-only run just one of the two.
+collectd (Debian collectd-core; write_prometheus needs libprotobuf-c1 and libmicrohttpd12):
+bench/collectd.conf with BaseDir, Interval = INTERVAL and a free loopback port filled in,
+run as `collectd -f -C FILE` for CYCLES intervals of wall time; CPU per interval (utime+
+stime over the run / intervals elapsed) and RSS/PSS after the run. The number of reads
+collectd really did (from the write_prometheus timestamps of load) is reported beside it.
 node exporter: started on a free loopback port with its default collectors, scraped CYCLES
 times; CPU per scrape and RSS after the scrapes.
 
 dns and time_drift are disabled for the CPU figure (they wait on the network; node exporter
 does neither by default).
 
-Usage: cargo build --release && python3 bench/overhead.py [--cycles 1000] [--interval 0.05]
+Usage: cargo build --release && python3 bench/overhead.py [--cycles 600] [--interval 0.05]
+       [--bin PATH] [--json FILE] [--seed-only | --all-only]
+Needs: apt-get install collectd-core libprotobuf-c1 libmicrohttpd12 prometheus-node-exporter
+(and no collectd system service running: the script never uses /etc/collectd).
 """
 import argparse, json, os, re, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
 
@@ -43,87 +54,193 @@ def get(url):
     with urllib.request.urlopen(url, timeout=10) as r:
         return r.read()
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--cycles", type=int, default=1000)
-    ap.add_argument("--interval", type=float, default=0.05)
-    ap.add_argument("--bin", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "vigil"))
-    a = ap.parse_args()
+LATER = ["pressure", "tcp", "conntrack", "top_processes"]  # not in the seed's ten
 
-    d = tempfile.mkdtemp(prefix="vigil-overhead-")
-    port = free_port()
-    cfg = os.path.join(d, "vigil.toml")
-    with open(cfg, "w") as f:
-        f.write(f'[agent]\nlog_level = "warn"\n[collectors]\ninterval_secs = {a.interval}\n'
-                '[collectors.dns]\nenabled = false\n[collectors.time_drift]\nenabled = false\n'
-                f'[status]\nlisten = "127.0.0.1:{port}"\n')
-    sup = subprocess.Popen([a.bin, "run", "--config", cfg, "--data-dir", os.path.join(d, "data"),
-                            "--log-file", os.path.join(d, "vigil.log")], stdin=subprocess.DEVNULL)
-    def status():
-        return json.loads(get(f"http://127.0.0.1:{port}/status"))
-    for _ in range(500):
+def wait_for(fn, tries=500, delay=0.02):
+    for _ in range(tries):
         try:
-            s = status()
-            if s["collector"]["state"] == "running":
-                break
+            r = fn()
+            if r:
+                return r
         except Exception:
             pass
-        time.sleep(0.02)
-    def cycles(s):
-        runs = [c["collections"] for c in s["collectors"] if c["state"] != "disabled"]
-        return min(runs) if runs else 0
-    s = status()
-    child = s["collector"]["pid"]
-    c0, s0, n0 = cpu_secs(child), cpu_secs(sup.pid), cycles(s)
-    t0 = time.time()
-    while True:
-        s = status()
-        n = cycles(s)
-        if n - n0 >= a.cycles:
-            break
-        if s["collector"]["pid"] != child:
-            sys.exit("the collector restarted during the benchmark")
-        time.sleep(0.2)
-    c1, s1 = cpu_secs(child), cpu_secs(sup.pid)
-    done = n - n0
-    vigil_rss = rss_kib(child) + rss_kib(sup.pid)
-    vigil_pss = pss_kib(child) + pss_kib(sup.pid)
-    busy_ms = sum(c["last_duration_ms"] or 0 for c in s["collectors"] if c["state"] != "disabled")
-    per_child = (c1 - c0) / done * 1000
-    per_sup = (s1 - s0) / done * 1000
-    durations = {c["name"]: c["last_duration_ms"] for c in s["collectors"] if c["state"] != "disabled"}
-    sup.send_signal(signal.SIGTERM); sup.wait(timeout=20)
+        time.sleep(delay)
+    return None
 
+def run_vigil(a, d, label, disabled):
+    port = free_port()
+    cfg = os.path.join(d, f"vigil-{label}.toml")
+    with open(cfg, "w") as f:
+        f.write(f'[agent]\nlog_level = "warn"\n[collectors]\ninterval_secs = {a.interval}\n')
+        for name in ["dns", "time_drift"] + disabled:
+            f.write(f'[collectors.{name}]\nenabled = false\n')
+        f.write(f'[status]\nlisten = "127.0.0.1:{port}"\n')
+    sup = subprocess.Popen([a.bin, "run", "--config", cfg, "--data-dir", os.path.join(d, f"data-{label}"),
+                            "--log-file", os.path.join(d, f"vigil-{label}.log")], stdin=subprocess.DEVNULL)
+    try:
+        def status():
+            return json.loads(get(f"http://127.0.0.1:{port}/status"))
+        if not wait_for(lambda: status()["collector"]["state"] == "running"):
+            sys.exit(f"vigil ({label}) did not start; see {d}/vigil-{label}.log")
+        def cycles(s):
+            runs = [c["collections"] for c in s["collectors"] if c["state"] != "disabled"]
+            return min(runs) if runs else 0
+        s = status()
+        child = s["collector"]["pid"]
+        c0, s0, n0 = cpu_secs(child), cpu_secs(sup.pid), cycles(s)
+        t0 = time.time()
+        while True:
+            s = status()
+            n = cycles(s)
+            if n - n0 >= a.cycles:
+                break
+            if s["collector"]["pid"] != child:
+                sys.exit("the collector restarted during the benchmark")
+            time.sleep(0.2)
+        c1, s1 = cpu_secs(child), cpu_secs(sup.pid)
+        wall = time.time() - t0
+        done = n - n0
+        enabled = [c["name"] for c in s["collectors"] if c["state"] != "disabled"]
+        r = {
+            "label": label, "cycles": done, "wall_secs": round(wall, 3), "enabled": enabled,
+            "collector_cpu_ms": (c1 - c0) / done * 1000, "supervisor_cpu_ms": (s1 - s0) / done * 1000,
+            "collector_rss_kib": rss_kib(child), "supervisor_rss_kib": rss_kib(sup.pid),
+            "collector_pss_kib": pss_kib(child), "supervisor_pss_kib": pss_kib(sup.pid),
+            "busy_ms": sum(c["last_duration_ms"] or 0 for c in s["collectors"] if c["state"] != "disabled"),
+            "durations_ms": {c["name"]: c["last_duration_ms"] for c in s["collectors"] if c["state"] != "disabled"},
+        }
+        r["cpu_ms"] = r["collector_cpu_ms"] + r["supervisor_cpu_ms"]
+        r["rss_kib"] = r["collector_rss_kib"] + r["supervisor_rss_kib"]
+        r["pss_kib"] = r["collector_pss_kib"] + r["supervisor_pss_kib"]
+        return r
+    finally:
+        sup.send_signal(signal.SIGTERM)
+        try:
+            sup.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            sup.kill(); sup.wait()
+
+def load_ts(port):
+    # write_prometheus puts the collection time (ms) after each value.
+    for line in get(f"http://127.0.0.1:{port}/metrics").decode().splitlines():
+        if line.startswith("collectd_load_shortterm"):
+            return int(line.split()[2])
+    return None
+
+def run_collectd(a, d):
+    exe = shutil.which("collectd") or "/usr/sbin/collectd"
+    if not os.path.exists(exe):
+        sys.exit("collectd not found: apt-get install collectd-core libprotobuf-c1 libmicrohttpd12")
+    port = free_port()
+    cd = os.path.join(d, "collectd"); os.makedirs(cd)
+    tmpl = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "collectd.conf")).read()
+    cfg = os.path.join(cd, "collectd.conf")
+    with open(cfg, "w") as f:
+        f.write(tmpl.replace("@BASEDIR@", cd).replace("@INTERVAL@", repr(a.interval)).replace("@PORT@", str(port)))
+    log = os.path.join(cd, "stderr.log")
+    with open(log, "wb") as err:
+        p = subprocess.Popen([exe, "-f", "-C", cfg], stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+    try:
+        if not wait_for(lambda: load_ts(port)):
+            sys.exit(f"collectd did not start or serve load values; see {log}")
+        ts0, c0, t0 = load_ts(port), cpu_secs(p.pid), time.time()
+        time.sleep(a.cycles * a.interval)
+        c1, t1, ts1 = cpu_secs(p.pid), time.time(), load_ts(port)
+        intervals = (t1 - t0) / a.interval
+        r = {"cycles": intervals, "wall_secs": round(t1 - t0, 3),
+             "reads_done": round((ts1 - ts0) / 1000 / a.interval),
+             "cpu_ms": (c1 - c0) / intervals * 1000,
+             "rss_kib": rss_kib(p.pid), "pss_kib": pss_kib(p.pid)}
+    finally:
+        p.terminate()
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill(); p.wait()
+    text = open(log, errors="replace").read()
+    r["log_problems"] = [l for l in text.splitlines()
+                         if re.search(r"error|fail|took too long|not|cannot|unable", l, re.I)
+                         and "successfully loaded" not in l and "EXTERNAL_LOGGER" not in l]
+    r["log"] = log
+    return r
+
+def run_node_exporter(a):
     ne_bin = shutil.which("prometheus-node-exporter") or "/usr/bin/prometheus-node-exporter"
     ne_port = free_port()
     ne = subprocess.Popen([ne_bin, f"--web.listen-address=127.0.0.1:{ne_port}"],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(500):
-        try:
-            get(f"http://127.0.0.1:{ne_port}/metrics"); break
-        except Exception:
-            time.sleep(0.02)
-    n0 = cpu_secs(ne.pid)
-    for _ in range(a.cycles):
-        get(f"http://127.0.0.1:{ne_port}/metrics")
-    ne_cpu = (cpu_secs(ne.pid) - n0) / a.cycles * 1000
-    ne_rss = rss_kib(ne.pid)
-    ne_pss = pss_kib(ne.pid)
-    ne.terminate(); ne.wait(timeout=10)
+    try:
+        wait_for(lambda: get(f"http://127.0.0.1:{ne_port}/metrics"))
+        n0, t0 = cpu_secs(ne.pid), time.time()
+        for _ in range(a.cycles):
+            get(f"http://127.0.0.1:{ne_port}/metrics")
+        return {"cycles": a.cycles, "wall_secs": round(time.time() - t0, 3),
+                "cpu_ms": (cpu_secs(ne.pid) - n0) / a.cycles * 1000,
+                "rss_kib": rss_kib(ne.pid), "pss_kib": pss_kib(ne.pid)}
+    finally:
+        ne.terminate(); ne.wait(timeout=10)
 
-    print(f"cycles: {done} (interval {a.interval} s), node exporter scrapes: {a.cycles}")
-    print(f"vigil collector CPU per cycle:   {per_child:.3f} ms")
-    print(f"vigil supervisor CPU per cycle:  {per_sup:.3f} ms")
-    print(f"vigil total CPU per cycle:       {per_child + per_sup:.3f} ms")
-    print(f"vigil RSS (supervisor+collector): {vigil_rss / 1024:.1f} MiB")
-    print(f"vigil PSS (supervisor+collector): {vigil_pss / 1024:.1f} MiB")
-    print(f"sum of last collection wall times: {busy_ms:.3f} ms")
-    print(f"node exporter CPU per scrape:    {ne_cpu:.3f} ms")
-    print(f"node exporter RSS:               {ne_rss / 1024:.1f} MiB")
-    print(f"node exporter PSS:               {ne_pss / 1024:.1f} MiB")
-    print(f"ratio CPU vigil/node-exporter:   {(per_child + per_sup) / ne_cpu:.2f}" if ne_cpu else "")
-    print(f"ratio RSS vigil/node-exporter:   {vigil_rss / ne_rss:.2f}" if ne_rss else "")
-    print("last collection durations (ms):", json.dumps(durations))
+def ratio(x, y):
+    return x / y if y else float("nan")
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cycles", type=int, default=600)
+    ap.add_argument("--interval", type=float, default=0.05)
+    ap.add_argument("--bin", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "vigil"))
+    ap.add_argument("--json", help="also write the results to this file")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--seed-only", action="store_true", help="vigil only with the seed's ten collectors")
+    g.add_argument("--all-only", action="store_true", help="vigil only with all collectors")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
+    a = ap.parse_args()
+
+    started = time.time()
+    d = tempfile.mkdtemp(prefix="vigil-overhead-")
+    vigil = []
+    if not a.seed_only:
+        vigil.append(run_vigil(a, d, "all", []))
+    if not a.all_only:
+        vigil.append(run_vigil(a, d, "seed", LATER))
+    cd = run_collectd(a, d)
+    ne = run_node_exporter(a)
+
+    rows = [(f"vigil {v['label']} ({len(v['enabled'])} collectors)", v) for v in vigil]
+    rows += [("collectd", cd), ("node exporter (per scrape)", ne)]
+    print(f"interval {a.interval} s, {a.cycles} cycles each (vigil: full cycles from /status; "
+          f"collectd: intervals of wall time; node exporter: scrapes)")
+    print(f"{'':30} {'CPU ms/cycle':>12} {'RSS MiB':>8} {'PSS MiB':>8} {'cycles':>8} {'wall s':>7}"
+          f" {'CPU v/cd':>9} {'CPU v/ne':>9} {'RSS v/cd':>9} {'RSS v/ne':>9} {'PSS v/cd':>9} {'PSS v/ne':>9}")
+    for name, r in rows:
+        line = (f"{name:30} {r['cpu_ms']:12.3f} {r['rss_kib'] / 1024:8.1f} {r['pss_kib'] / 1024:8.1f}"
+                f" {r['cycles']:8.0f} {r['wall_secs']:7.1f}")
+        if "label" in r:
+            r["ratios"] = {f"{k}_vs_{o}": ratio(r[f"{k}_kib" if k != "cpu" else "cpu_ms"],
+                                               oo[f"{k}_kib" if k != "cpu" else "cpu_ms"])
+                           for k in ("cpu", "rss", "pss") for o, oo in (("collectd", cd), ("node_exporter", ne))}
+            line += "".join(f" {r['ratios'][f'{k}_vs_{o}']:9.2f}" for k in ("cpu", "rss", "pss")
+                            for o in ("collectd", "node_exporter"))
+        print(line)
+    for v in vigil:
+        print(f"vigil {v['label']}: collector {v['collector_cpu_ms']:.3f} ms + supervisor "
+              f"{v['supervisor_cpu_ms']:.3f} ms per cycle; RSS collector {v['collector_rss_kib'] / 1024:.1f} + "
+              f"supervisor {v['supervisor_rss_kib'] / 1024:.1f} MiB; sum of last collection wall times "
+              f"{v['busy_ms']:.3f} ms")
+        print(f"  last collection durations (ms): {json.dumps(v['durations_ms'])}")
+    print(f"collectd: {cd['reads_done']} reads of load done in {cd['cycles']:.0f} intervals "
+          f"(from write_prometheus timestamps)" + (f"; log {cd['log']}" if a.keep else ""))
+    for l in cd["log_problems"]:
+        print(f"  collectd log: {l}")
+    total = time.time() - started
+    print(f"total run time: {total:.1f} s")
+    if not a.keep:
+        cd["log"] = None  # removed with the temp dir; --keep keeps it
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"interval_secs": a.interval, "cycles": a.cycles, "run_secs": round(total, 1),
+                       "vigil": vigil, "collectd": cd, "node_exporter": ne}, f, indent=2)
+    if not a.keep:
+        shutil.rmtree(d, ignore_errors=True)
 
 if __name__ == "__main__":
     main()
