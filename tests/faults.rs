@@ -151,16 +151,7 @@ fn a_full_disk_holds_batches_in_memory_and_spools_them_when_space_returns() {
     assert_eq!(u["dropped"]["disk_full_samples"], 0, "{s:#}");
     assert_no_gap(&r, u["acked_seq"].as_u64().unwrap());
     // The load collector's samples are contiguous in time across the full spell.
-    let mut ts: Vec<i64> = r
-        .lines()
-        .iter()
-        .flat_map(|l| l["samples"].as_array().unwrap().clone())
-        .filter(|x| x["name"] == "load_1")
-        .map(|x| x["ts_ms"].as_i64().unwrap())
-        .collect();
-    ts.sort();
-    let worst = ts.windows(2).map(|w| w[1] - w[0]).max().unwrap();
-    assert!(ts.len() > 20 && worst < 1500, "a hole of {worst} ms in {} load_1 samples", ts.len());
+    assert_load_contiguous(&r, 20);
     assert_eq!(agent.log_lines("takes batches again").len(), 1, "{}", agent.log_tail());
     drop(agent);
 }
@@ -267,16 +258,7 @@ fn eio_on_writes_fsyncs_and_creates_loses_nothing_and_reuses_no_seq() {
     assert_eq!(u["dropped_samples"], 0, "{s:#}");
     assert_eq!(u["dropped"]["corrupt_records"], 0, "{s:#}");
     assert_no_gap(&r, u["acked_seq"].as_u64().unwrap());
-    let mut ts: Vec<i64> = r
-        .lines()
-        .iter()
-        .flat_map(|l| l["samples"].as_array().unwrap().clone())
-        .filter(|x| x["name"] == "load_1")
-        .map(|x| x["ts_ms"].as_i64().unwrap())
-        .collect();
-    ts.sort();
-    let worst = ts.windows(2).map(|w| w[1] - w[0]).max().unwrap();
-    assert!(ts.len() > 30 && worst < 1500, "a hole of {worst} ms in {} load_1 samples", ts.len());
+    assert_load_contiguous(&r, 30);
     drop(agent);
 }
 
@@ -381,6 +363,21 @@ fn no_unresponsive(s: &Value) -> bool {
 }
 
 /// Every seq from 1 to `upto` arrived, in order, once.
+/// More than `min` `load_1` samples reached the receiver, and none is more than 1.5 s from
+/// the next: no collection was lost to the fault.
+fn assert_load_contiguous(r: &Receiver, min: usize) {
+    let mut ts: Vec<i64> = r
+        .lines()
+        .iter()
+        .flat_map(|l| l["samples"].as_array().unwrap().clone())
+        .filter(|x| x["name"] == "load_1")
+        .map(|x| x["ts_ms"].as_i64().unwrap())
+        .collect();
+    ts.sort();
+    let worst = ts.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(ts.len() > min && worst < 1500, "a hole of {worst} ms in {} load_1 samples", ts.len());
+}
+
 fn assert_no_gap(r: &Receiver, upto: u64) {
     let seqs: Vec<u64> = r.lines().iter().map(|l| l["seq"].as_u64().unwrap()).collect();
     let want: Vec<u64> = (1..=upto).collect();
