@@ -22,6 +22,7 @@ pub mod collectors;
 pub mod crash_capture;
 pub mod fault;
 pub mod parent_link;
+pub mod pid_stat;
 
 use std::cell::RefCell;
 use std::fmt::Debug;

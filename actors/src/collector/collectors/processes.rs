@@ -2,8 +2,8 @@
 //! and how many file handles the kernel has allocated (CONTRACT §4: processes {state},
 //! proc_threads, proc_open_files).
 //!
-//! Every `/proc/<pid>/stat` under the root is read with the procfs crate (the state letter
-//! and `num_threads`). A process that exits between the directory listing and the read of
+//! Every `/proc/<pid>/stat` under the root is read into one reused buffer and only the state
+//! letter and `num_threads` are taken from it ([`pid_stat`]). A process that exits between the directory listing and the read of
 //! its stat is skipped silently. proc_open_files is system-wide: the first field of
 //! `/proc/sys/fs/file-nr` (allocated file handles), not a per-process fd count.
 //!
@@ -26,9 +26,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::collector::pid_stat::{self, StatLine};
 use crate::collector::{CollectError, Collector, CollectorConfig, Env, Sample};
 use crate::sample::{Metric, Unit};
-use procfs::process::ProcState;
 
 /// `[collectors.processes]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,16 +53,16 @@ impl CollectorConfig for ProcessesConfig {
 /// The `state` tag values, in the order the samples are emitted.
 pub const STATES: [&str; 7] = ["running", "sleeping", "disk_sleep", "zombie", "stopped", "idle", "other"];
 
-/// Index into [`STATES`] of a parsed state; `None` (a letter procfs does not know) is "other".
-pub fn state_index(s: Option<ProcState>) -> usize {
-    match s {
-        Some(ProcState::Running) => 0,
-        Some(ProcState::Sleeping) => 1,
-        Some(ProcState::Waiting) => 2,
-        Some(ProcState::Zombie) => 3,
-        Some(ProcState::Stopped | ProcState::Tracing) => 4,
-        Some(ProcState::Idle) => 5,
-        Some(ProcState::Dead | ProcState::Wakekill | ProcState::Waking | ProcState::Parked) | None => 6,
+/// Index into [`STATES`] of a stat state letter; one not in the table above is "other".
+pub fn state_index(letter: u8) -> usize {
+    match letter {
+        b'R' => 0,
+        b'S' => 1,
+        b'D' => 2,
+        b'Z' => 3,
+        b'T' | b't' => 4,
+        b'I' => 5,
+        _ => 6,
     }
 }
 
@@ -76,10 +76,9 @@ pub struct Tally {
 }
 
 impl Tally {
-    pub fn add(&mut self, stat: &procfs::process::Stat) {
-        self.by_state[state_index(stat.state().ok())] += 1;
-        // num_threads is signed in procfs; a negative count would be a kernel bug, count 0.
-        self.threads += u64::try_from(stat.num_threads).unwrap_or(0);
+    pub fn add(&mut self, stat: &StatLine) {
+        self.by_state[state_index(stat.state)] += 1;
+        self.threads += stat.field(20).unwrap_or(0);
     }
 }
 
@@ -100,30 +99,9 @@ impl Processes {
     /// process that cannot be read is left out.
     fn scan(&self) -> Result<Tally, CollectError> {
         let mut tally = Tally::default();
-        let mut unreadable = 0usize;
-        // Each /proc/<pid>/stat is parsed by procfs directly: going through
-        // `procfs::process::Process` would also open (and close) a directory fd per process,
-        // which doubled the cost of this collector.
-        use procfs::FromRead;
         let proc_dir = self.env.path("/proc");
-        let entries = std::fs::read_dir(&proc_dir)
+        let unreadable = pid_stat::for_each(&proc_dir, |_, stat| tally.add(stat))
             .map_err(|source| CollectError::Io { path: proc_dir.display().to_string(), source })?;
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(pid) = name.to_str().filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-            else {
-                continue;
-            };
-            match procfs::process::Stat::from_file(proc_dir.join(pid).join("stat")) {
-                Ok(stat) => tally.add(&stat),
-                // Exited after the directory listing (ENOENT, or ESRCH which procfs maps here too).
-                Err(procfs::ProcError::NotFound(_)) => {}
-                Err(e) => {
-                    unreadable += 1;
-                    tracing::debug!(collector = Self::NAME, error = %e, "Skipping a process whose stat is unreadable.");
-                }
-            }
-        }
         if unreadable > 0 {
             tracing::debug!(
                 collector = Self::NAME,
@@ -225,7 +203,7 @@ mod tests {
             ('?', "other"),
         ];
         for (letter, name) in expected {
-            assert_eq!(STATES[state_index(ProcState::from_char(letter))], name, "{letter}");
+            assert_eq!(STATES[state_index(letter as u8)], name, "{letter}");
         }
     }
 

@@ -13,7 +13,7 @@
 //!
 //! # Source
 //!
-//! Every `/proc/PID/stat`, parsed by the procfs crate: `comm` (the `name` tag, at most 15
+//! Every `/proc/PID/stat`, split in place by [`pid_stat`]: `comm` (the `name` tag, at most 15
 //! bytes as the kernel keeps it), `utime + stime` and `rss`. CPU is the share of the whole
 //! host (all CPUs = 100 %) over the measured interval, from the difference of the process's
 //! ticks; a process is known by (pid, start time), so a reused pid starts from zero. A
@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::collector::pid_stat;
 use crate::collector::{CollectError, Collector, CollectorConfig, Env, Sample};
 use crate::sample::{Metric, Unit};
 
@@ -117,22 +118,21 @@ pub struct TopProcesses {
 
 impl TopProcesses {
     fn scan(&mut self) -> Result<Vec<Proc>, CollectError> {
-        use procfs::FromRead;
         let at = Instant::now();
         let proc_dir = self.env.path("/proc");
-        let entries = std::fs::read_dir(&proc_dir)
-            .map_err(|source| CollectError::Io { path: proc_dir.display().to_string(), source })?;
         let last = self.last.take();
         let secs = last.as_ref().map(|(_, then)| at.duration_since(*then).as_secs_f64());
         let mut ticks = HashMap::new();
         let mut out = Vec::new();
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-            // A process that exited since the listing, or one we may not read, is left out.
-            let Ok(stat) = procfs::process::Stat::from_file(proc_dir.join(name).join("stat")) else { continue };
-            let total = stat.utime + stat.stime;
-            let key = (pid, stat.starttime);
+        // A process that exited since the listing, or one we may not read, is left out.
+        pid_stat::for_each(&proc_dir, |pid, stat| {
+            let (Ok(pid), Some(utime), Some(stime), Some(starttime), Some(rss)) =
+                (i32::try_from(pid), stat.field(14), stat.field(15), stat.field(22), stat.field(24))
+            else {
+                return;
+            };
+            let total = utime + stime;
+            let key = (pid, starttime);
             let cpu = match (&last, secs) {
                 (Some((prev, _)), Some(secs)) if secs > 0.0 => {
                     // Not seen last time: it started during the interval, all its ticks are in it.
@@ -142,8 +142,10 @@ impl TopProcesses {
                 _ => None,
             };
             ticks.insert(key, total);
-            out.push(Proc { pid, name: stat.comm, cpu, rss_bytes: stat.rss * self.page_size });
-        }
+            let name = String::from_utf8_lossy(stat.comm).into_owned();
+            out.push(Proc { pid, name, cpu, rss_bytes: rss * self.page_size });
+        })
+        .map_err(|source| CollectError::Io { path: proc_dir.display().to_string(), source })?;
         self.last = Some((ticks, at));
         Ok(out)
     }
