@@ -22,6 +22,12 @@
 //! containers nested in a container (kind, docker-in-docker) are found; each id is reported
 //! once, at the first place the walk meets it.
 //!
+//! Only the first collection walks everything: the tree is remembered, and inotify tells
+//! which directories appeared or went since ([`tree`]), so an unchanged host costs one
+//! non-blocking read plus the two files of each container. Those files are held open and
+//! re-read with `pread` (up to half the descriptor limit, which the collector raises toward
+//! its hard limit, at most 16,384); a file whose cgroup went is closed at the next collection.
+//!
 //! # Tags
 //!
 //! `container` is the 12-character short id (what `docker ps` and `crictl ps` print).
@@ -61,6 +67,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::collector::{CollectError, Collector, CollectorConfig, Env, Sample};
 use crate::sample::{Metric, Unit};
+
+pub mod tree;
+use tree::Tree;
 
 /// How many directory levels below a hierarchy's root the walk goes. Kubernetes under the
 /// systemd driver puts containers at depth 4, rootless podman at 5, kind (Kubernetes inside
@@ -130,49 +139,117 @@ pub fn pod_uid(name: &str) -> Option<String> {
 }
 
 /// Walks one cgroup hierarchy from `root`, depth-first in name order, and returns the
-/// container cgroups in the order met. Unreadable directories are skipped.
+/// container cgroups in the order met. Unreadable directories are skipped. (A collection
+/// keeps a [`Tree`] instead, which follows changes rather than walking again.)
 pub fn find(root: &Path) -> Vec<Found> {
-    let mut out = Vec::new();
-    walk(root, "", 0, false, None, &mut out);
-    out
-}
-
-fn walk(dir: &Path, name: &str, depth: usize, kube: bool, pod: Option<&str>, out: &mut Vec<Found>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut children: Vec<(String, PathBuf)> = entries
-        .flatten()
-        // DirEntry::file_type does not follow symlinks: a link never leads the walk elsewhere.
-        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
-        .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
-        .collect();
-    children.sort();
-    for (child, path) in children {
-        let kube = kube || child.contains("kubepods");
-        let own_pod = if kube && pod.is_none() { pod_uid(&child) } else { None };
-        let pod = own_pod.as_deref().or(pod);
-        if let Some(id) = container_id(&child, name, pod.is_some()) {
-            out.push(Found { id: id.to_string(), pod: pod.map(str::to_string), dir: path.clone() });
-        }
-        if depth + 1 < MAX_DEPTH {
-            walk(&path, &child, depth + 1, kube, pod, out);
-        }
-    }
+    Tree::unwatched(root.to_path_buf()).refresh()
 }
 
 // The cgroup files read below hold one number, or `key value` lines; the procfs crate has
-// no parser for them (it covers /proc, not /sys/fs/cgroup), so they are read with std.
+// no parser for them (it covers /proc, not /sys/fs/cgroup), so they are parsed here.
 
-fn read_u64(path: &Path) -> Option<u64> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+fn parse_u64(text: &[u8]) -> Option<u64> {
+    std::str::from_utf8(text).ok()?.trim().parse().ok()
 }
 
 /// `usage_usec` from a cgroup v2 `cpu.stat`, in nanoseconds.
-fn read_cpu_stat_ns(path: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(path).ok()?;
+fn parse_cpu_stat_ns(text: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(text).ok()?;
     let usec: u64 = text.lines().find_map(|l| l.strip_prefix("usage_usec "))?.trim().parse().ok()?;
     usec.checked_mul(1000)
+}
+
+/// The containers' cgroup files, held open between collections while the descriptor budget
+/// allows (a `pread` on a held file costs a fraction of an open, read and close), and read
+/// into one reused buffer.
+pub struct Files {
+    held: HashMap<PathBuf, (std::fs::File, u64)>,
+    /// At most this many held at once; the rest are opened for each read.
+    budget: usize,
+    /// Collection number: files not read in the latest are closed.
+    generation: u64,
+    buf: Vec<u8>,
+}
+
+impl Files {
+    pub fn new(budget: usize) -> Self {
+        Self { held: HashMap::new(), budget, generation: 0, buf: Vec::with_capacity(4096) }
+    }
+
+    /// How many files are held open.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// The whole content of `path` (empty when it cannot be read: gone, or no such file).
+    fn read(&mut self, path: &Path) -> &[u8] {
+        use std::os::unix::fs::FileExt;
+        self.buf.clear();
+        if let Some((file, used)) = self.held.get_mut(path) {
+            *used = self.generation;
+            if read_all_at(file, &mut self.buf).is_ok() {
+                return &self.buf;
+            }
+            // The cgroup went (ENODEV) or was recreated: open it again below.
+            self.held.remove(path);
+            self.buf.clear();
+        }
+        let Ok(file) = std::fs::File::open(path) else { return &[] };
+        if read_all_at(&file, &mut self.buf).is_err() {
+            self.buf.clear();
+            return &[];
+        }
+        if self.held.len() < self.budget {
+            self.held.insert(path.to_path_buf(), (file, self.generation));
+        }
+        fn read_all_at(file: &std::fs::File, buf: &mut Vec<u8>) -> std::io::Result<()> {
+            loop {
+                let at = buf.len();
+                if buf.capacity() - at < 512 {
+                    buf.reserve(4096);
+                }
+                buf.resize(buf.capacity(), 0);
+                match file.read_at(&mut buf[at..], at as u64) {
+                    Ok(0) => {
+                        buf.truncate(at);
+                        return Ok(());
+                    }
+                    Ok(n) => buf.truncate(at + n),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => buf.truncate(at),
+                    Err(e) => {
+                        buf.truncate(at);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        &self.buf
+    }
+
+    /// Closes the files of containers not seen in this collection and starts the next.
+    fn end_collection(&mut self) {
+        let current = self.generation;
+        self.held.retain(|_, (_, used)| *used == current);
+        self.generation += 1;
+    }
+}
+
+/// How many cgroup files may be held open: half the soft `RLIMIT_NOFILE`, after raising it
+/// toward the hard limit (to at most 16,384; as Go does for its programs), at most 4,096.
+fn file_budget() -> usize {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if let (Some(cur), max) = (lim.current, lim.maximum) {
+        let want = max.unwrap_or(u64::MAX).min(16_384);
+        if cur < want {
+            lim.current = Some(want);
+            if setrlimit(Resource::Nofile, lim.clone()).is_err() {
+                lim.current = Some(cur);
+            }
+        }
+    }
+    let soft = lim.current.unwrap_or(4096 * 2);
+    usize::try_from(soft / 2).unwrap_or(4096).min(4096)
 }
 
 /// CPU used between two readings of a cumulative counter, in percent of `cpus` CPUs
@@ -217,8 +294,20 @@ fn layout(env: &Env) -> Option<Layout> {
     (cpuacct.is_some() || memory.is_some()).then_some(Layout::Legacy { cpuacct, memory })
 }
 
+/// The hierarchy `root`'s tree, kept in `trees` (made on first use).
+fn tree_of<'a>(trees: &'a mut Vec<Tree>, root: &Path) -> &'a mut Tree {
+    let at = match trees.iter().position(|t| t.root() == root) {
+        Some(at) => at,
+        None => {
+            trees.push(Tree::new(root.to_path_buf()));
+            trees.len() - 1
+        }
+    };
+    &mut trees[at]
+}
+
 /// Every container's readings, first-found order, one entry per id.
-fn read_all(env: &Env) -> Vec<Reading> {
+fn read_all(env: &Env, trees: &mut Vec<Tree>, files: &mut Files) -> Vec<Reading> {
     let mut out: Vec<Reading> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut add = |f: Found, cpu_ns: Option<u64>, mem_bytes: Option<u64>| match index.get(&f.id) {
@@ -233,26 +322,37 @@ fn read_all(env: &Env) -> Vec<Reading> {
             out.push(Reading { id: f.id, pod: f.pod, cpu_ns, mem_bytes, dir: f.dir });
         }
     };
-    match layout(env) {
-        None => tracing::debug!("No cgroup hierarchy with cpu or memory accounting; no containers."),
+    let roots: Vec<PathBuf> = match layout(env) {
+        None => {
+            tracing::debug!("No cgroup hierarchy with cpu or memory accounting; no containers.");
+            Vec::new()
+        }
         Some(Layout::Unified(root)) => {
-            for f in find(&root) {
-                let cpu = read_cpu_stat_ns(&f.dir.join("cpu.stat"));
-                let mem = read_u64(&f.dir.join("memory.current"));
+            for f in tree_of(trees, &root).refresh() {
+                let cpu = parse_cpu_stat_ns(files.read(&f.dir.join("cpu.stat")));
+                let mem = parse_u64(files.read(&f.dir.join("memory.current")));
                 add(f, cpu, mem);
             }
+            vec![root]
         }
         Some(Layout::Legacy { cpuacct, memory }) => {
-            for f in cpuacct.as_deref().map(find).unwrap_or_default() {
-                let cpu = read_u64(&f.dir.join("cpuacct.usage"));
-                add(f, cpu, None);
+            if let Some(root) = &cpuacct {
+                for f in tree_of(trees, root).refresh() {
+                    let cpu = parse_u64(files.read(&f.dir.join("cpuacct.usage")));
+                    add(f, cpu, None);
+                }
             }
-            for f in memory.as_deref().map(find).unwrap_or_default() {
-                let mem = read_u64(&f.dir.join("memory.usage_in_bytes"));
-                add(f, None, mem);
+            if let Some(root) = &memory {
+                for f in tree_of(trees, root).refresh() {
+                    let mem = parse_u64(files.read(&f.dir.join("memory.usage_in_bytes")));
+                    add(f, None, mem);
+                }
             }
+            cpuacct.into_iter().chain(memory).collect()
         }
-    }
+    };
+    trees.retain(|t| roots.iter().any(|r| r == t.root()));
+    files.end_collection();
     out
 }
 
@@ -284,12 +384,15 @@ pub struct Containers {
     namespaces: HashMap<String, String>,
     /// Host CPUs, the denominator of container_cpu_util.
     cpus: usize,
+    /// The cgroup hierarchies' trees, followed between collections.
+    trees: Vec<Tree>,
+    files: Files,
 }
 
 impl Containers {
     /// One collection as of `now` (tests pass their own clock).
     fn collect_at(&mut self, now: Instant, out: &mut Vec<Sample>) {
-        let readings = read_all(&self.env);
+        let readings = read_all(&self.env, &mut self.trees, &mut self.files);
 
         let pods: HashSet<&str> = readings.iter().filter_map(|r| r.pod.as_deref()).collect();
         self.namespaces.retain(|pod, _| pods.contains(pod.as_str()));
@@ -345,6 +448,8 @@ impl Collector for Containers {
             prev: HashMap::new(),
             namespaces: HashMap::new(),
             cpus: super::load::cpu_count(env),
+            trees: Vec::new(),
+            files: Files::new(if env.root == Path::new("/") { file_budget() } else { 64 }),
         }
     }
 
@@ -528,6 +633,114 @@ mod tests {
         let mut c = Containers::new(&ContainersConfig::default(), &fixture("fs-1"));
         assert_eq!(collect_guarded(&mut c).await.unwrap(), vec![]);
         assert_eq!(collect_guarded(&mut c).await.unwrap(), vec![]);
+    }
+
+    /// Real cgroups named like a docker container (cgroupfs driver), removed again on drop.
+    struct RealContainer {
+        dirs: Vec<PathBuf>,
+        busy: Option<std::process::Child>,
+    }
+
+    /// Parent cgroups a [`RealContainer`] made: the last one dropped removes them.
+    static MADE_PARENTS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+    impl RealContainer {
+        /// `/sys/fs/cgroup/{cpuacct,memory}/docker/<id>` (cgroup v1) or
+        /// `/sys/fs/cgroup/vigil-test/docker-<id>.scope` (v2), with a busy process in it.
+        fn make(id: &str) -> Self {
+            let base = Path::new("/sys/fs/cgroup");
+            let mut c = RealContainer { dirs: Vec::new(), busy: None };
+            let parents: Vec<PathBuf> = if base.join("cgroup.controllers").is_file() {
+                let p = base.join("vigil-test");
+                c.dirs.push(p.join(format!("docker-{id}.scope")));
+                vec![p]
+            } else {
+                let v: Vec<PathBuf> = ["cpuacct", "memory"].iter().map(|h| base.join(h).join("docker")).collect();
+                c.dirs.extend(v.iter().map(|p| p.join(id)));
+                v
+            };
+            for p in parents {
+                if !p.exists() {
+                    std::fs::create_dir(&p).unwrap_or_else(|e| panic!("mkdir {}: {e} (run as root)", p.display()));
+                    MADE_PARENTS.lock().unwrap_or_else(|e| e.into_inner()).push(p.clone());
+                }
+                if base.join("cgroup.controllers").is_file() {
+                    std::fs::write(base.join("cgroup.subtree_control"), "+cpu +memory").unwrap();
+                    std::fs::write(p.join("cgroup.subtree_control"), "+cpu +memory").unwrap();
+                }
+            }
+            for d in &c.dirs {
+                std::fs::create_dir(d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
+            }
+            // The shell joins the cgroups first, then a new one allocates 2 MB and spins there
+            // (memory is charged where it is allocated, not moved with a process).
+            let join: String = c.dirs.iter().map(|d| format!("echo $$ > {}/cgroup.procs && ", d.display())).collect();
+            let script = format!(r#"{join} exec sh -c 'x=$(head -c 2000000 /dev/zero | tr "\0" a); while :; do :; done'"#);
+            c.busy = Some(std::process::Command::new("sh").args(["-c", &script]).spawn().unwrap());
+            // Wait until it has joined them all.
+            for d in &c.dirs {
+                for _ in 0..100 {
+                    if !std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().trim().is_empty() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            c
+        }
+    }
+
+    impl Drop for RealContainer {
+        fn drop(&mut self) {
+            if let Some(mut b) = self.busy.take() {
+                let _ = b.kill();
+                let _ = b.wait();
+            }
+            for d in &self.dirs {
+                // A cgroup is removable once its last task is reaped; that may lag a little.
+                for _ in 0..50 {
+                    if std::fs::remove_dir(d).is_ok() || !d.exists() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            // Fails while another container is still in it; the last one succeeds.
+            MADE_PARENTS.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| std::fs::remove_dir(p).is_err());
+        }
+    }
+
+    /// Real container cgroups: found, measured through held files, followed as they come and
+    /// go without walking the hierarchy again.
+    #[actix_rt::test]
+    async fn real_cgroups_are_followed_without_rewalking() {
+        let one = format!("{:08x}", std::process::id()).repeat(8);
+        let two = format!("{:08x}", std::process::id() + 1).repeat(8);
+        let mut c = Containers::new(&ContainersConfig::default(), &Env::default());
+        let a = RealContainer::make(&one);
+        collect_guarded(&mut c).await.unwrap();
+        let walked: usize = c.trees.iter().map(|t| t.listed).sum();
+        assert!(walked > 0 && c.trees.iter().all(|t| t.watching()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let s = collect_guarded(&mut c).await.unwrap();
+        let t = table(&s);
+        let cpu = get(&t, "container_cpu_util", &one).expect("the busy container's CPU");
+        assert!(cpu > 5.0, "one busy process: {cpu} % of the host");
+        assert!(get(&t, "container_mem_bytes", &one).unwrap() > 0.0);
+        assert_eq!(c.trees.iter().map(|t| t.listed).sum::<usize>(), 0, "nothing changed, nothing listed");
+        assert_eq!(c.files.held(), 2, "its two files stay open");
+
+        let b = RealContainer::make(&two);
+        let s = collect_guarded(&mut c).await.unwrap();
+        assert!(get(&table(&s), "container_mem_bytes", &two).is_some(), "a new container is seen at once");
+        assert!(c.trees.iter().map(|t| t.listed).sum::<usize>() <= 2, "only its directories are listed");
+        drop(a);
+        let s = collect_guarded(&mut c).await.unwrap();
+        let t = table(&s);
+        assert!(get(&t, "container_mem_bytes", &one).is_none(), "a removed container goes: {s:?}");
+        assert!(get(&t, "container_mem_bytes", &two).is_some());
+        assert_eq!(c.files.held(), 2, "the removed container's files are closed");
+        drop(b);
     }
 
     /// The real host: Ok (this machine may have no containers at all), and whatever is found
