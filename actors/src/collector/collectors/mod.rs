@@ -97,9 +97,19 @@ macro_rules! registry {
             /// Every enabled collector twice, `gap` apart (rates need two readings); the
             /// second reading's samples, or its error, per collector.
             pub async fn collect_once(&self, env: &Env, gap: Duration) -> Vec<(&'static str, Result<Vec<Sample>, CollectError>)> {
+                self.collect_rounds(env, 2, gap).await
+            }
+
+            /// Every enabled collector `rounds` times (at least once), `gap` apart, as one
+            /// collector process would over that many intervals; the last round's samples, or
+            /// its error, per collector. (`vigil once`, and bench/cycle.rs, which counts the
+            /// instructions of a cycle.)
+            pub async fn collect_rounds(&self, env: &Env, rounds: usize, gap: Duration) -> Vec<(&'static str, Result<Vec<Sample>, CollectError>)> {
                 $(let mut $name = self.$name.enabled().then(|| <$ty as Collector>::new(&self.$name, env));)*
-                $(if let Some(c) = $name.as_mut() { let _ = collect_guarded(c).await; })*
-                tokio::time::sleep(gap).await;
+                for _ in 1..rounds {
+                    $(if let Some(c) = $name.as_mut() { let _ = collect_guarded(c).await; })*
+                    tokio::time::sleep(gap).await;
+                }
                 let mut out = Vec::new();
                 $(if let Some(c) = $name.as_mut() {
                     out.push((<$ty as Collector>::NAME, collect_guarded(c).await));
