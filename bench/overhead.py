@@ -20,9 +20,19 @@ times; CPU per scrape and RSS after the scrapes.
 dns and time_drift are disabled for the CPU figure (they wait on the network; node exporter
 does neither by default).
 
+The floor: bench/floor.c (built here with cc) reads the same files in a loop, nothing else,
+and reports its CPU per cycle: what the kernel charges for producing the data (seed set, and
+with `all` the later collectors' files too). vigil's CPU per cycle is reported as a multiple.
+
+Containers: with --containers N,... the run is repeated with N Kubernetes-like pods made as
+real cgroups (under kubepods/burstable/pod<uid>/, a pause and an app container each: three
+directories per pod per hierarchy), removed afterwards; for N > 0 only vigil (seed), collectd
+and the floor run (node exporter reads no cgroups).
+
 Usage: cargo build --release && python3 bench/overhead.py [--cycles 600] [--interval 0.05]
-       [--bin PATH] [--json FILE] [--seed-only | --all-only]
-Needs: apt-get install collectd-core libprotobuf-c1 libmicrohttpd12 prometheus-node-exporter
+       [--bin PATH] [--json FILE] [--seed-only | --all-only] [--containers 0,100,300]
+Needs: apt-get install collectd-core libprotobuf-c1 libmicrohttpd12 prometheus-node-exporter gcc; root
+(for the cgroups)
 (and no collectd system service running: the script never uses /etc/collectd).
 """
 import argparse, json, os, re, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
@@ -180,6 +190,60 @@ def run_node_exporter(a):
     finally:
         ne.terminate(); ne.wait(timeout=10)
 
+CGROUP = "/sys/fs/cgroup"
+
+def cgroup_roots():
+    """Where container cgroups go, and the two files vigil reads for each (v2, or v1)."""
+    if os.path.exists(f"{CGROUP}/cgroup.controllers"):
+        return [(CGROUP, ["cpu.stat", "memory.current"])]
+    return [(f"{CGROUP}/cpuacct", ["cpuacct.usage"]), (f"{CGROUP}/memory", ["memory.usage_in_bytes"])]
+
+class Pods:
+    """N pods as real cgroups: kubepods/burstable/pod<uid>/{pause id, app id}."""
+    def __init__(self, n):
+        self.made, self.files = [], []
+        if n == 0:
+            return
+        v2 = os.path.exists(f"{CGROUP}/cgroup.controllers")
+        try:
+            for root, files in cgroup_roots():
+                base = os.path.join(root, "kubepods", "burstable")
+                for d in (os.path.join(root, "kubepods"), base):
+                    if not os.path.exists(d):
+                        os.mkdir(d); self.made.append(d)
+                    if v2:
+                        open(os.path.join(os.path.dirname(d), "cgroup.subtree_control"), "w").write("+cpu +memory")
+                if v2:
+                    open(os.path.join(base, "cgroup.subtree_control"), "w").write("+cpu +memory")
+                for i in range(n):
+                    pod = os.path.join(base, f"pod{i:08x}-0000-4000-8000-{i:012x}")
+                    os.mkdir(pod); self.made.append(pod)
+                    if v2:
+                        open(os.path.join(pod, "cgroup.subtree_control"), "w").write("+cpu +memory")
+                    for kind in ("a", "b"):
+                        c = os.path.join(pod, (f"{kind}{i:07x}" * 8)[:64])
+                        os.mkdir(c); self.made.append(c)
+                        self.files += [os.path.join(c, f) for f in files]
+        except BaseException:
+            self.remove(); raise
+    def remove(self):
+        for d in reversed(self.made):
+            try:
+                os.rmdir(d)
+            except OSError as e:
+                print(f"warning: cannot remove {d}: {e}", file=sys.stderr)
+        self.made = []
+
+def build_floor(d):
+    exe = os.path.join(d, "floor")
+    subprocess.run(["cc", "-O2", "-o", exe, os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor.c")],
+                   check=True)
+    return exe
+
+def run_floor(exe, mode, cycles, files):
+    out = subprocess.run([exe, mode, str(cycles)] + files, check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
 def ratio(x, y):
     return x / y if y else float("nan")
 
@@ -193,54 +257,85 @@ def main():
     g.add_argument("--seed-only", action="store_true", help="vigil only with the seed's ten collectors")
     g.add_argument("--all-only", action="store_true", help="vigil only with all collectors")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
+    ap.add_argument("--containers", default="0,100,300", help="pod counts to run with (comma-separated)")
     a = ap.parse_args()
 
     started = time.time()
     d = tempfile.mkdtemp(prefix="vigil-overhead-")
-    vigil = []
-    if not a.seed_only:
-        vigil.append(run_vigil(a, d, "all", []))
-    if not a.all_only:
-        vigil.append(run_vigil(a, d, "seed", LATER))
-    cd = run_collectd(a, d)
-    ne = run_node_exporter(a)
+    floor = build_floor(d)
+    runs = []
+    for n in [int(x) for x in a.containers.split(",")]:
+        pods = Pods(n)
+        try:
+            runs.append(measure(a, d, floor, n, pods.files))
+        finally:
+            pods.remove()
+    for r in runs:
+        report(a, r)
+    total = time.time() - started
+    print(f"total run time: {total:.1f} s")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"interval_secs": a.interval, "cycles": a.cycles, "run_secs": round(total, 1), "runs": runs},
+                      f, indent=2)
+    if not a.keep:
+        shutil.rmtree(d, ignore_errors=True)
 
+def measure(a, d, floor, pods, files):
+    """One set of runs with `pods` pods (their cgroup `files`) on the host."""
+    sub = os.path.join(d, f"pods-{pods}"); os.makedirs(sub)
+    vigil = []
+    if not a.seed_only and pods == 0:
+        vigil.append(run_vigil(a, sub, "all", []))
+    if not a.all_only:
+        vigil.append(run_vigil(a, sub, "seed", LATER))
+    cd = run_collectd(a, sub)
+    ne = run_node_exporter(a) if pods == 0 else None
+    floors = {"seed": run_floor(floor, "seed", 2000, files)}
+    if pods == 0:
+        floors["all"] = run_floor(floor, "all", 1000, files)
+    for v in vigil:
+        f = floors.get(v["label"])
+        v["floor_cpu_ms"] = f["cpu_ms"] if f else None
+        v["vs_floor"] = ratio(v["cpu_ms"], f["cpu_ms"]) if f else None
+        v["ratios"] = {f"{k}_vs_{o}": ratio(v[f"{k}_kib" if k != "cpu" else "cpu_ms"],
+                                           oo[f"{k}_kib" if k != "cpu" else "cpu_ms"])
+                       for k in ("cpu", "rss", "pss") for o, oo in (("collectd", cd), ("node_exporter", ne)) if oo}
+    if not a.keep:
+        cd["log"] = None  # removed with the temp dir; --keep keeps it
+    return {"pods": pods, "containers": 2 * pods, "cgroup_files": len(files),
+            "vigil": vigil, "collectd": cd, "node_exporter": ne, "floor": floors}
+
+def report(a, r):
+    vigil, cd, ne, floors = r["vigil"], r["collectd"], r["node_exporter"], r["floor"]
+    print(f"\n== {r['pods']} pods ({r['containers']} containers, {3 * r['pods']} cgroup directories per hierarchy); interval {a.interval} s, "
+          f"{a.cycles} cycles each (vigil: full cycles from /status; collectd: intervals of wall time; "
+          f"node exporter: scrapes)")
     rows = [(f"vigil {v['label']} ({len(v['enabled'])} collectors)", v) for v in vigil]
-    rows += [("collectd", cd), ("node exporter (per scrape)", ne)]
-    print(f"interval {a.interval} s, {a.cycles} cycles each (vigil: full cycles from /status; "
-          f"collectd: intervals of wall time; node exporter: scrapes)")
+    rows += [("collectd", cd)] + ([("node exporter (per scrape)", ne)] if ne else [])
     print(f"{'':30} {'CPU ms/cycle':>12} {'RSS MiB':>8} {'PSS MiB':>8} {'cycles':>8} {'wall s':>7}"
-          f" {'CPU v/cd':>9} {'CPU v/ne':>9} {'RSS v/cd':>9} {'RSS v/ne':>9} {'PSS v/cd':>9} {'PSS v/ne':>9}")
-    for name, r in rows:
-        line = (f"{name:30} {r['cpu_ms']:12.3f} {r['rss_kib'] / 1024:8.1f} {r['pss_kib'] / 1024:8.1f}"
-                f" {r['cycles']:8.0f} {r['wall_secs']:7.1f}")
-        if "label" in r:
-            r["ratios"] = {f"{k}_vs_{o}": ratio(r[f"{k}_kib" if k != "cpu" else "cpu_ms"],
-                                               oo[f"{k}_kib" if k != "cpu" else "cpu_ms"])
-                           for k in ("cpu", "rss", "pss") for o, oo in (("collectd", cd), ("node_exporter", ne))}
-            line += "".join(f" {r['ratios'][f'{k}_vs_{o}']:9.2f}" for k in ("cpu", "rss", "pss")
+          f" {'v/floor':>8} {'CPU v/cd':>9} {'CPU v/ne':>9} {'RSS v/cd':>9} {'RSS v/ne':>9} {'PSS v/cd':>9} {'PSS v/ne':>9}")
+    for name, x in rows:
+        line = (f"{name:30} {x['cpu_ms']:12.3f} {x['rss_kib'] / 1024:8.1f} {x['pss_kib'] / 1024:8.1f}"
+                f" {x['cycles']:8.0f} {x['wall_secs']:7.1f}")
+        if "label" in x:
+            line += f" {x['vs_floor']:8.2f}" if x["vs_floor"] else f" {'':8}"
+            line += "".join(f" {x['ratios'].get(f'{k}_vs_{o}', float('nan')):9.2f}" for k in ("cpu", "rss", "pss")
                             for o in ("collectd", "node_exporter"))
         print(line)
+    for mode, f in floors.items():
+        print(f"floor ({mode}): {f['cpu_ms']:.3f} ms per cycle (user {f['user_ms']:.3f}, system {f['system_ms']:.3f}; "
+              f"{f['processes']} processes, {f['cgroup_files']} cgroup files)")
     for v in vigil:
         print(f"vigil {v['label']}: collector {v['collector_cpu_ms']:.3f} ms + supervisor "
               f"{v['supervisor_cpu_ms']:.3f} ms per cycle; RSS collector {v['collector_rss_kib'] / 1024:.1f} + "
               f"supervisor {v['supervisor_rss_kib'] / 1024:.1f} MiB; sum of last collection wall times "
               f"{v['busy_ms']:.3f} ms")
-        print(f"  last collection durations (ms): {json.dumps(v['durations_ms'])}")
+        print(f"  last collection durations (ms): {json.dumps({k: round(x or 0, 3) for k, x in v['durations_ms'].items()})}")
     print(f"collectd: {cd['reads_done']} reads of load done in {cd['cycles']:.0f} intervals "
           f"(from write_prometheus timestamps)" + (f"; log {cd['log']}" if a.keep else ""))
     for l in cd["log_problems"]:
         print(f"  collectd log: {l}")
-    total = time.time() - started
-    print(f"total run time: {total:.1f} s")
-    if not a.keep:
-        cd["log"] = None  # removed with the temp dir; --keep keeps it
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"interval_secs": a.interval, "cycles": a.cycles, "run_secs": round(total, 1),
-                       "vigil": vigil, "collectd": cd, "node_exporter": ne}, f, indent=2)
-    if not a.keep:
-        shutil.rmtree(d, ignore_errors=True)
 
 if __name__ == "__main__":
     main()

@@ -33,7 +33,8 @@
 //! `container` is the 12-character short id (what `docker ps` and `crictl ps` print).
 //! `pod` is the pod UID from the cgroup path, `namespace` the content of
 //! `/proc/<pid>/root/var/run/secrets/kubernetes.io/serviceaccount/namespace` for a process
-//! of any container of that pod (remembered per pod while the pod lives). A tag that is not
+//! of any container of that pod (remembered per pod while the pod lives; a pod whose token
+//! cannot be read yet is looked at again after 30 s, not every collection). A tag that is not
 //! known is **omitted**, not sent empty: outside Kubernetes there is no pod, and a pod
 //! without a mounted service account token has no readable namespace.
 //!
@@ -376,12 +377,23 @@ fn read_namespace(env: &Env, dir: &Path) -> Option<String> {
     })
 }
 
+/// How long a pod whose namespace could not be read waits before the next look (its
+/// processes may not have started yet; looking reads `cgroup.procs` files and lists a
+/// directory, too much to repeat for every pod every collection).
+const NAMESPACE_RETRY: Duration = Duration::from_secs(30);
+
+struct Namespace {
+    name: Option<String>,
+    retry_at: Instant,
+}
+
 pub struct Containers {
     env: Env,
     /// Per container id: its CPU counter (ns) and when it was read, from the last collection.
     prev: HashMap<String, (u64, Instant)>,
-    /// Pod UID -> namespace, once found; forgotten when the pod's last container goes.
-    namespaces: HashMap<String, String>,
+    /// Pod UID -> its namespace once found, or when to look again; forgotten when the pod's
+    /// last container goes.
+    namespaces: HashMap<String, Namespace>,
     /// Host CPUs, the denominator of container_cpu_util.
     cpus: usize,
     /// The cgroup hierarchies' trees, followed between collections.
@@ -398,10 +410,10 @@ impl Containers {
         self.namespaces.retain(|pod, _| pods.contains(pod.as_str()));
         for r in &readings {
             if let Some(pod) = &r.pod {
-                if !self.namespaces.contains_key(pod) {
-                    if let Some(ns) = read_namespace(&self.env, &r.dir) {
-                        self.namespaces.insert(pod.clone(), ns);
-                    }
+                let due = self.namespaces.get(pod).is_none_or(|n| n.name.is_none() && now >= n.retry_at);
+                if due {
+                    let name = read_namespace(&self.env, &r.dir);
+                    self.namespaces.insert(pod.clone(), Namespace { name, retry_at: now + NAMESPACE_RETRY });
                 }
             }
         }
@@ -412,7 +424,7 @@ impl Containers {
                 let mut s = Sample::new(name, value).tag("container", &r.id[..12]);
                 if let Some(pod) = &r.pod {
                     s = s.tag("pod", pod);
-                    if let Some(ns) = self.namespaces.get(pod) {
+                    if let Some(ns) = self.namespaces.get(pod).and_then(|n| n.name.as_ref()) {
                         s = s.tag("namespace", ns);
                     }
                 }
@@ -633,6 +645,35 @@ mod tests {
         let mut c = Containers::new(&ContainersConfig::default(), &fixture("fs-1"));
         assert_eq!(collect_guarded(&mut c).await.unwrap(), vec![]);
         assert_eq!(collect_guarded(&mut c).await.unwrap(), vec![]);
+    }
+
+    /// A pod whose namespace cannot be read yet is looked at again after NAMESPACE_RETRY,
+    /// not at every collection.
+    #[test]
+    fn unreadable_namespace_is_retried_later_not_every_collection() {
+        let t = tempfile::tempdir().unwrap();
+        let cg = t.path().join("sys/fs/cgroup");
+        let dir = cg.join(format!("kubepods/pod1111-2222/{APP}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(cg.join("cgroup.controllers"), "cpu memory\n").unwrap();
+        std::fs::write(dir.join("memory.current"), "4096\n").unwrap();
+        std::fs::write(dir.join("cgroup.procs"), "4242\n").unwrap();
+        let env = Env { root: t.path().to_path_buf(), ..Env::default() };
+        let mut c = Containers::new(&ContainersConfig::default(), &env);
+        let ns_of = |s: &[Sample]| s.iter().find_map(|x| x.tags.get("namespace").cloned());
+        let t0 = Instant::now();
+        let mut s = Vec::new();
+        c.collect_at(t0, &mut s);
+        assert_eq!(ns_of(&s), None);
+        let token = t.path().join("proc/4242/root/var/run/secrets/kubernetes.io/serviceaccount");
+        std::fs::create_dir_all(&token).unwrap();
+        std::fs::write(token.join("namespace"), "payments\n").unwrap();
+        let mut s = Vec::new();
+        c.collect_at(t0 + Duration::from_secs(10), &mut s);
+        assert_eq!(ns_of(&s), None, "not looked at again yet");
+        let mut s = Vec::new();
+        c.collect_at(t0 + NAMESPACE_RETRY + Duration::from_secs(1), &mut s);
+        assert_eq!(ns_of(&s).as_deref(), Some("payments"));
     }
 
     /// Real cgroups named like a docker container (cgroupfs driver), removed again on drop.
