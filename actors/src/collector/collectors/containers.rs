@@ -203,6 +203,8 @@ impl Files {
         if self.held.len() < self.budget {
             self.held.insert(path.to_path_buf(), (file, self.generation));
         }
+        /// A cgroup file (kernfs) hands over its whole content in one read when the buffer
+        /// is larger: a read that leaves room is the end, saving the second, empty, read.
         fn read_all_at(file: &std::fs::File, buf: &mut Vec<u8>) -> std::io::Result<()> {
             loop {
                 let at = buf.len();
@@ -211,8 +213,8 @@ impl Files {
                 }
                 buf.resize(buf.capacity(), 0);
                 match file.read_at(&mut buf[at..], at as u64) {
-                    Ok(0) => {
-                        buf.truncate(at);
+                    Ok(n) if at + n < buf.len() => {
+                        buf.truncate(at + n);
                         return Ok(());
                     }
                     Ok(n) => buf.truncate(at + n),
