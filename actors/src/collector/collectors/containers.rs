@@ -61,6 +61,7 @@
 //! most at debug level.
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -162,19 +163,24 @@ fn parse_cpu_stat_ns(text: &[u8]) -> Option<u64> {
 
 /// The containers' cgroup files, held open between collections while the descriptor budget
 /// allows (a `pread` on a held file costs a fraction of an open, read and close), and read
-/// into one reused buffer.
+/// into one reused buffer. Keyed by the path's bytes, built in a reused buffer: hashing and
+/// comparing `Path`s component by component, and a `PathBuf` per read, were most of the
+/// collector's own instructions with hundreds of containers.
 pub struct Files {
-    held: HashMap<PathBuf, (std::fs::File, u64)>,
+    held: HashMap<OsString, (std::fs::File, u64)>,
     /// At most this many held at once; the rest are opened for each read.
     budget: usize,
     /// Collection number: files not read in the latest are closed.
     generation: u64,
+    /// The path being read (`dir/name`).
+    path: OsString,
+    /// Zeroed once; `len` bytes of it hold the last content read.
     buf: Vec<u8>,
 }
 
 impl Files {
     pub fn new(budget: usize) -> Self {
-        Self { held: HashMap::new(), budget, generation: 0, buf: Vec::with_capacity(4096) }
+        Self { held: HashMap::new(), budget, generation: 0, path: OsString::new(), buf: vec![0; 4096] }
     }
 
     /// How many files are held open.
@@ -182,51 +188,26 @@ impl Files {
         self.held.len()
     }
 
-    /// The whole content of `path` (empty when it cannot be read: gone, or no such file).
-    fn read(&mut self, path: &Path) -> &[u8] {
-        use std::os::unix::fs::FileExt;
-        self.buf.clear();
-        if let Some((file, used)) = self.held.get_mut(path) {
+    /// The whole content of `dir/name` (empty when it cannot be read: gone, or no such file).
+    fn read(&mut self, dir: &Path, name: &str) -> &[u8] {
+        self.path.clear();
+        self.path.push(dir.as_os_str());
+        self.path.push("/");
+        self.path.push(name);
+        if let Some((file, used)) = self.held.get_mut(self.path.as_os_str()) {
             *used = self.generation;
-            if read_all_at(file, &mut self.buf).is_ok() {
-                return &self.buf;
+            if let Ok(n) = read_whole(file, &mut self.buf) {
+                return &self.buf[..n];
             }
             // The cgroup went (ENODEV) or was recreated: open it again below.
-            self.held.remove(path);
-            self.buf.clear();
+            self.held.remove(self.path.as_os_str());
         }
-        let Ok(file) = std::fs::File::open(path) else { return &[] };
-        if read_all_at(&file, &mut self.buf).is_err() {
-            self.buf.clear();
-            return &[];
-        }
+        let Ok(file) = std::fs::File::open(&self.path) else { return &[] };
+        let Ok(n) = read_whole(&file, &mut self.buf) else { return &[] };
         if self.held.len() < self.budget {
-            self.held.insert(path.to_path_buf(), (file, self.generation));
+            self.held.insert(self.path.clone(), (file, self.generation));
         }
-        /// A cgroup file (kernfs) hands over its whole content in one read when the buffer
-        /// is larger: a read that leaves room is the end, saving the second, empty, read.
-        fn read_all_at(file: &std::fs::File, buf: &mut Vec<u8>) -> std::io::Result<()> {
-            loop {
-                let at = buf.len();
-                if buf.capacity() - at < 512 {
-                    buf.reserve(4096);
-                }
-                buf.resize(buf.capacity(), 0);
-                match file.read_at(&mut buf[at..], at as u64) {
-                    Ok(n) if at + n < buf.len() => {
-                        buf.truncate(at + n);
-                        return Ok(());
-                    }
-                    Ok(n) => buf.truncate(at + n),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => buf.truncate(at),
-                    Err(e) => {
-                        buf.truncate(at);
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        &self.buf
+        &self.buf[..n]
     }
 
     /// Closes the files of containers not seen in this collection and starts the next.
@@ -234,6 +215,25 @@ impl Files {
         let current = self.generation;
         self.held.retain(|_, (_, used)| *used == current);
         self.generation += 1;
+    }
+}
+
+/// Reads all of `file` from offset 0 into `buf` (grown when full); how many bytes. A cgroup
+/// file (kernfs) hands over its whole content in one read when the buffer is larger, so a
+/// read that leaves room is the end: one `pread` per file, no second, empty one.
+fn read_whole(file: &std::fs::File, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut len = 0;
+    loop {
+        match file.read_at(&mut buf[len..], len as u64) {
+            Ok(n) if len + n < buf.len() => return Ok(len + n),
+            Ok(n) => {
+                len += n;
+                buf.resize(buf.len() * 2, 0);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -332,8 +332,8 @@ fn read_all(env: &Env, trees: &mut Vec<Tree>, files: &mut Files) -> Vec<Reading>
         }
         Some(Layout::Unified(root)) => {
             for f in tree_of(trees, &root).refresh() {
-                let cpu = parse_cpu_stat_ns(files.read(&f.dir.join("cpu.stat")));
-                let mem = parse_u64(files.read(&f.dir.join("memory.current")));
+                let cpu = parse_cpu_stat_ns(files.read(&f.dir, "cpu.stat"));
+                let mem = parse_u64(files.read(&f.dir, "memory.current"));
                 add(f, cpu, mem);
             }
             vec![root]
@@ -341,13 +341,13 @@ fn read_all(env: &Env, trees: &mut Vec<Tree>, files: &mut Files) -> Vec<Reading>
         Some(Layout::Legacy { cpuacct, memory }) => {
             if let Some(root) = &cpuacct {
                 for f in tree_of(trees, root).refresh() {
-                    let cpu = parse_u64(files.read(&f.dir.join("cpuacct.usage")));
+                    let cpu = parse_u64(files.read(&f.dir, "cpuacct.usage"));
                     add(f, cpu, None);
                 }
             }
             if let Some(root) = &memory {
                 for f in tree_of(trees, root).refresh() {
-                    let mem = parse_u64(files.read(&f.dir.join("memory.usage_in_bytes")));
+                    let mem = parse_u64(files.read(&f.dir, "memory.usage_in_bytes"));
                     add(f, None, mem);
                 }
             }
