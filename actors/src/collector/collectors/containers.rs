@@ -246,7 +246,7 @@ fn file_budget() -> usize {
         let want = max.unwrap_or(u64::MAX).min(16_384);
         if cur < want {
             lim.current = Some(want);
-            if setrlimit(Resource::Nofile, lim.clone()).is_err() {
+            if setrlimit(Resource::Nofile, lim).is_err() {
                 lim.current = Some(cur);
             }
         }
