@@ -219,19 +219,15 @@ impl Tree {
             // A rename away, a removal, or a stale entry before a re-creation: forget it all.
             self.forget(&path);
             if flags.intersects(ReadFlags::CREATE | ReadFlags::MOVED_TO) {
-                let (Ok(child), Some(parent_name)) =
-                    (String::from_utf8(name), dir.file_name().and_then(OsStr::to_str).or(Some("")))
-                else {
-                    continue;
-                };
-                let parent = if dir == self.root {
-                    Some((0, false, None))
+                let Ok(child) = String::from_utf8(name) else { continue };
+                let (parent, parent_name) = if dir == self.root {
+                    (Some((0, false, None)), "")
                 } else {
-                    self.dirs.get(&dir).map(|n| (n.depth, n.kube, n.pod.clone()))
+                    let parent = self.dirs.get(&dir).map(|n| (n.depth, n.kube, n.pod.clone()));
+                    (parent, dir.file_name().and_then(OsStr::to_str).unwrap_or(""))
                 };
                 // Events of a directory already forgotten are dropped; so are ones below the depth bound.
                 if let Some((depth, kube, pod)) = parent.filter(|p| p.0 < MAX_DEPTH) {
-                    let parent_name = if dir == self.root { "" } else { parent_name };
                     if path.is_dir() && !path.is_symlink() {
                         self.add(path, &child, parent_name, depth + 1, kube, pod.as_deref());
                     }
