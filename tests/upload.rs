@@ -839,3 +839,227 @@ fn the_sink_sends_its_token_file_as_a_bearer_token() {
     let _agent = Agent::start(&with_token(&good), &[]);
     assert!(wait_lines(&r, 2).len() >= 2);
 }
+
+/// A receiver as an older vigil (or a third party following the samples form of
+/// docs/protocol.md) implements it: WebSocket at `/v1/ingest`, each binary message a
+/// MessagePack map with `seq` and `samples` (`name`, `tags`, `ts_ms`, `value`), acked with
+/// `{"Ack": {"seq": N}}`. It knows nothing of Hello or of the columns encoding. It keeps what
+/// it decoded, the raw messages, and the upgrade headers it saw.
+struct OlderReceiver {
+    addr: String,
+    got: std::sync::Arc<std::sync::Mutex<OlderGot>>,
+    stop: actix_web::dev::ServerHandle,
+}
+
+#[derive(Default)]
+struct OlderGot {
+    batches: Vec<(u64, Vec<OldSample>)>,
+    messages: Vec<Vec<u8>>,
+    offered: Vec<String>,
+}
+
+#[derive(serde::Deserialize, Debug, Clone, PartialEq)]
+struct OldSample {
+    name: String,
+    tags: std::collections::BTreeMap<String, String>,
+    ts_ms: i64,
+    value: f64,
+}
+
+impl OlderReceiver {
+    fn start() -> OlderReceiver {
+        use actix_web::{web, App, HttpRequest, HttpServer};
+        use futures_util::StreamExt;
+        #[derive(serde::Deserialize)]
+        struct OldBatch {
+            seq: u64,
+            samples: Vec<OldSample>,
+        }
+        let got = std::sync::Arc::new(std::sync::Mutex::new(OlderGot::default()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let shared = got.clone();
+        std::thread::spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                let server = HttpServer::new(move || {
+                    let got = shared.clone();
+                    App::new().route(
+                        "/v1/ingest",
+                        web::get().to(move |req: HttpRequest, body: web::Payload| {
+                            let got = got.clone();
+                            async move {
+                                let offered = req
+                                    .headers()
+                                    .get("x-vigil-encodings")
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("")
+                                    .to_string();
+                                got.lock().unwrap().offered.push(offered);
+                                let (resp, mut session, mut stream) = actix_ws::handle(&req, body)?;
+                                actix_rt::spawn(async move {
+                                    while let Some(Ok(actix_ws::Message::Binary(b))) = stream.next().await {
+                                        let batch: OldBatch =
+                                            rmp_serde::from_slice(&b).expect("a batch in the samples form");
+                                        let ack = rmp_serde::to_vec_named(
+                                            &serde_json::json!({"Ack": {"seq": batch.seq}}),
+                                        )
+                                        .unwrap();
+                                        {
+                                            let mut g = got.lock().unwrap();
+                                            g.messages.push(b.to_vec());
+                                            g.batches.push((batch.seq, batch.samples));
+                                        }
+                                        if session.binary(ack).await.is_err() {
+                                            break;
+                                        }
+                                    }
+                                });
+                                Ok::<_, actix_web::Error>(resp)
+                            }
+                        }),
+                    )
+                })
+                .workers(1)
+                .bind("127.0.0.1:0")
+                .unwrap();
+                let addr = server.addrs()[0].to_string();
+                let server = server.run();
+                tx.send((addr, server.handle())).unwrap();
+                let _ = server.await;
+            })
+        });
+        let (addr, stop) = rx.recv_timeout(Duration::from_secs(10)).expect("the older receiver starts");
+        OlderReceiver { addr, got, stop }
+    }
+}
+
+impl Drop for OlderReceiver {
+    fn drop(&mut self) {
+        let _ = futures_util::FutureExt::now_or_never(self.stop.stop(false));
+    }
+}
+
+/// Spools in the columns form, but a receiver that does not answer the offer gets every batch
+/// in the samples form, with the samples the collectors made, and acknowledges them.
+#[test]
+fn an_older_receiver_gets_the_samples_form() {
+    let r = OlderReceiver::start();
+    let agent = Agent::start(&config(&format!("ws://{}/v1/ingest", r.addr)), &[]);
+    agent.wait_status(T, "four batches acknowledged by the older receiver", |s| {
+        s["uploads"][0]["acked_seq"].as_u64() >= Some(4)
+    });
+    let got = r.got.lock().unwrap();
+    assert_eq!(
+        got.offered.first().map(String::as_str),
+        Some("columns"),
+        "the sink offers the columns encoding"
+    );
+    let seqs: Vec<u64> = got.batches.iter().map(|b| b.0).collect();
+    assert_eq!(seqs[..4], [1, 2, 3, 4], "in order from 1");
+    let names: BTreeSet<&str> = got.batches.iter().flat_map(|b| &b.1).map(|s| s.name.as_str()).collect();
+    assert!(names.contains("cpu_user") && names.contains("load_1"), "{names:?}");
+    assert!(got.batches.iter().all(|b| b.1.iter().all(|s| s.ts_ms > 1_700_000_000_000)));
+    for m in &got.messages {
+        let v: serde_json::Value = rmp_serde::from_slice(m).unwrap();
+        assert!(v.get("columns").is_none() && v.get("series").is_none(), "the samples form only: {v}");
+    }
+    drop(got);
+    // What the spool holds is the columns form (smaller on disk), read back for this receiver:
+    // with the receiver gone, batches stay in the spool, looked at once the agent stopped.
+    drop(r);
+    agent.wait_status(T, "batches held in the spool", |s| {
+        s["uploads"][0]["spooled_batches"].as_u64() >= Some(2)
+    });
+    let (_, agent) = agent.stop(Duration::from_secs(10));
+    let mut spool =
+        vigil_actors::upload::spool::Spool::open(&agent.data_dir().join("spool/main"), 1 << 30).unwrap();
+    let held = spool.read_all();
+    assert!(held.len() >= 2);
+    #[derive(serde::Deserialize)]
+    struct Keys {
+        columns: Option<serde::de::IgnoredAny>,
+        samples: Option<serde::de::IgnoredAny>,
+    }
+    for rec in held {
+        let k: Keys = rmp_serde::from_slice(&rec.payload).unwrap();
+        assert!(k.columns.is_some() && k.samples.is_none(), "batch {} spooled in the columns form", rec.seq);
+    }
+}
+
+/// With `vigil receive`, the offer is taken: each series crosses a connection once, so after
+/// the first batch a sample costs a few bytes on the wire (`sent_bytes`), against about 70
+/// in the samples form; what is stored is exactly what was sampled. A batch an older agent
+/// spooled in the samples form is delivered on the same connection.
+#[test]
+fn the_columns_encoding_is_negotiated_and_an_older_spool_still_reaches_the_receiver() {
+    use vigil_actors::upload::protocol::{Batch, WireSample};
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("data");
+    let old = Batch {
+        agent_id: "0123456789abcdef0123456789abcdef".into(),
+        sink: "main".into(),
+        seq: 1,
+        host: "older".into(),
+        samples: vec![WireSample {
+            name: "load_1".into(),
+            tags: [("from".to_string(), "older spool".to_string())].into_iter().collect(),
+            ts_ms: 1_700_000_000_123,
+            value: 0.25,
+        }],
+        crash_reports: vec![],
+    };
+    let mut spool = vigil_actors::upload::spool::Spool::open(&data.join("spool/main"), 1 << 30).unwrap();
+    assert_eq!(spool.append(&rmp_serde::to_vec_named(&old).unwrap()).unwrap(), 1);
+    drop(spool);
+    let r = Receiver::start("127.0.0.1:0", &home.path().join("out.jsonl"), &home.path().join("recv.log"));
+    let agent = Agent::start_in(home, &config(&format!("ws://{}/v1/ingest", r.addr)), &[]);
+    let lines = wait_lines(&r, 12);
+    assert_eq!(lines[0]["host"], "older");
+    assert_eq!(
+        lines[0]["samples"],
+        serde_json::json!([{"name": "load_1", "tags": {"from": "older spool"}, "ts_ms": 1_700_000_000_123i64, "value": 0.25}])
+    );
+    let st = agent
+        .wait_status(T, "twelve batches acknowledged", |s| s["uploads"][0]["acked_seq"].as_u64() >= Some(12));
+    let sent = st["uploads"][0]["sent_bytes"].as_u64().unwrap();
+    let lines = r.lines();
+    let acked = st["uploads"][0]["acked_seq"].as_u64().unwrap() as usize;
+    let acked_lines = &lines[..acked.min(lines.len())];
+    let samples: Vec<&Value> = acked_lines.iter().flat_map(|l| l["samples"].as_array().unwrap()).collect();
+    // The same samples in the samples form, as the sink would have sent them to an older receiver.
+    let samples_form: usize = acked_lines
+        .iter()
+        .map(|l| {
+            let sample = |s: &Value| WireSample {
+                name: s["name"].as_str().unwrap().into(),
+                tags: serde_json::from_value(s["tags"].clone()).unwrap(),
+                ts_ms: s["ts_ms"].as_i64().unwrap(),
+                value: s["value"].as_f64().unwrap_or(f64::NAN),
+            };
+            let b = Batch {
+                agent_id: l["agent_id"].as_str().unwrap().into(),
+                sink: l["sink"].as_str().unwrap().into(),
+                seq: l["seq"].as_u64().unwrap(),
+                host: l["host"].as_str().unwrap().into(),
+                samples: l["samples"].as_array().unwrap().iter().map(sample).collect(),
+                crash_reports: vec![],
+            };
+            rmp_serde::to_vec_named(&b).unwrap().len()
+        })
+        .sum();
+    let per_sample = sent as f64 / samples.len() as f64;
+    assert!(
+        sent * 4 < samples_form as u64,
+        "columns: {sent} bytes for {} samples ({per_sample:.1} B each) against {samples_form} in the samples form",
+        samples.len()
+    );
+    for l in &lines[1..] {
+        for s in l["samples"].as_array().unwrap() {
+            assert!(
+                s["name"].is_string()
+                    && s["tags"].is_object()
+                    && s["ts_ms"].as_i64() > Some(1_700_000_000_000)
+            );
+            assert!(s["value"].is_number() || s["value"].is_null(), "{s}");
+        }
+    }
+}

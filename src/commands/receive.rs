@@ -13,12 +13,14 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::rc::Rc;
 use std::sync::Mutex;
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context as _;
 use futures_util::StreamExt;
-use vigil_actors::upload::protocol::{self, Batch, ServerMsg};
+use vigil_actors::upload::columns::{self, ColumnsError, Decoded, SeriesTable};
+use vigil_actors::upload::protocol::{self, ServerMsg};
 
 use crate::auth::Token;
 
@@ -74,38 +76,94 @@ impl Store {
         Ok(Store { out, seen, path: path.to_path_buf() })
     }
 
-    /// Stores `b` unless it is a duplicate; true when written.
-    fn accept(&mut self, b: &Batch) -> std::io::Result<bool> {
-        let key = (b.agent_id.clone(), b.sink.clone());
-        if self.seen.get(&key).is_some_and(|&s| b.seq <= s) {
+    /// Stores the batch `head` names unless it is a duplicate; true when written. Its line
+    /// (CONTRACT §7, keys in that order) is built whole before it is written: `samples` writes
+    /// the JSON array's elements, and a batch whose samples turn out damaged writes nothing.
+    fn accept(
+        &mut self,
+        head: &Head,
+        samples: impl FnOnce(&mut Vec<u8>) -> Result<(), ColumnsError>,
+    ) -> Result<bool, StoreError> {
+        if self.seen.get(&(head.agent_id.to_string(), head.sink.to_string())).is_some_and(|&s| head.seq <= s)
+        {
             return Ok(false);
         }
-        /// The output line, serialised straight from the batch (CONTRACT §7 key order).
-        #[derive(serde::Serialize)]
-        struct Line<'a> {
-            agent_id: &'a str,
-            sink: &'a str,
-            seq: u64,
-            host: &'a str,
-            samples: &'a [vigil_actors::upload::protocol::WireSample],
-            crash_reports: &'a [serde_json::Value],
-        }
-        let line = Line {
-            agent_id: &b.agent_id,
-            sink: &b.sink,
-            seq: b.seq,
-            host: &b.host,
-            samples: &b.samples,
-            crash_reports: &b.crash_reports,
-        };
-        let mut bytes = serde_json::to_vec(&line)?;
-        bytes.push(b'\n');
-        self.out.write_all(&bytes)?;
+        let mut line = Vec::with_capacity(4096);
+        let json = |line: &mut Vec<u8>, v: &dyn erased::Json| v.write(line);
+        line.extend_from_slice(br#"{"agent_id":"#);
+        json(&mut line, &head.agent_id);
+        line.extend_from_slice(br#","sink":"#);
+        json(&mut line, &head.sink);
+        line.extend_from_slice(br#","seq":"#);
+        json(&mut line, &head.seq);
+        line.extend_from_slice(br#","host":"#);
+        json(&mut line, &head.host);
+        line.extend_from_slice(br#","samples":["#);
+        samples(&mut line).map_err(StoreError::Batch)?;
+        line.extend_from_slice(br#"],"crash_reports":"#);
+        json(&mut line, &head.crash_reports);
+        line.extend_from_slice(b"}\n");
+        self.out.write_all(&line).map_err(StoreError::Io)?;
         // On disk before the ack: an ack must survive a crash of this machine.
-        self.out.sync_data()?;
-        self.seen.insert(key, b.seq);
+        self.out.sync_data().map_err(StoreError::Io)?;
+        self.seen.insert((head.agent_id.to_string(), head.sink.to_string()), head.seq);
         Ok(true)
     }
+}
+
+/// What a batch's line starts and ends with.
+struct Head<'a> {
+    agent_id: &'a str,
+    sink: &'a str,
+    seq: u64,
+    host: &'a str,
+    crash_reports: &'a [serde_json::Value],
+}
+
+enum StoreError {
+    /// The batch's columns do not decode.
+    Batch(ColumnsError),
+    Io(std::io::Error),
+}
+
+/// Writing a JSON value into a line (serde_json's compact form, as the rest of the line).
+mod erased {
+    pub trait Json {
+        fn write(&self, out: &mut Vec<u8>);
+    }
+    impl<T: serde::Serialize + ?Sized> Json for T {
+        fn write(&self, out: &mut Vec<u8>) {
+            // Strings, numbers, maps of strings and JSON values always serialise.
+            let _ = serde_json::to_writer(&mut *out, self);
+        }
+    }
+}
+
+/// A sample's JSON object up to its timestamp: `{"name":…,"tags":{…},"ts_ms":`. Made once
+/// per series of a connection (columns), or once per sample (the samples form).
+fn sample_prefix(name: &str, tags: &std::collections::BTreeMap<String, String>) -> Rc<[u8]> {
+    use erased::Json;
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(br#"{"name":"#);
+    name.write(&mut out);
+    out.extend_from_slice(br#","tags":"#);
+    tags.write(&mut out);
+    out.extend_from_slice(br#","ts_ms":"#);
+    out.into()
+}
+
+/// Appends one sample: its prefix, then `TS,"value":VALUE}` (a non-finite value is `null`, as
+/// serde_json writes it).
+fn write_sample(out: &mut Vec<u8>, first: bool, prefix: &[u8], ts_ms: i64, value: f64) {
+    use erased::Json;
+    if !first {
+        out.push(b',');
+    }
+    out.extend_from_slice(prefix);
+    ts_ms.write(out);
+    out.extend_from_slice(br#","value":"#);
+    value.write(out);
+    out.push(b'}');
 }
 
 /// Cuts FILE at `at` (the start of a last line that has no newline), keeping the cut bytes in
@@ -243,6 +301,73 @@ fn run(args: Args) -> anyhow::Result<()> {
     })
 }
 
+/// Why a message was not stored.
+enum Refused {
+    /// Its columns or refs do not decode (the connection is closed).
+    Batch(ColumnsError),
+    Io(std::io::Error, PathBuf),
+    Poisoned,
+}
+
+/// Stores a decoded message of a connection whose series are `table`: its seq, and whether it
+/// was new (not a duplicate). The series a message defines are taken even when it is a
+/// duplicate, since the sink counts them as sent.
+fn store_message(
+    store: &Mutex<Store>,
+    decoded: &Decoded,
+    table: &mut SeriesTable<Rc<[u8]>>,
+) -> Result<(u64, bool), Refused> {
+    enum Body<'a> {
+        Samples(&'a [vigil_actors::upload::protocol::WireSample]),
+        Columns(&'a columns::Packed, Vec<Rc<[u8]>>),
+    }
+    let (head, body) = match decoded {
+        Decoded::Samples(b) => (
+            Head {
+                agent_id: &b.agent_id,
+                sink: &b.sink,
+                seq: b.seq,
+                host: &b.host,
+                crash_reports: &b.crash_reports,
+            },
+            Body::Samples(&b.samples),
+        ),
+        Decoded::Packed(p) => (
+            Head {
+                agent_id: &p.agent_id,
+                sink: &p.sink,
+                seq: p.seq,
+                host: &p.host,
+                crash_reports: &p.crash_reports,
+            },
+            Body::Columns(
+                p,
+                table.local(p, |(name, tags)| sample_prefix(name, tags)).map_err(Refused::Batch)?,
+            ),
+        ),
+    };
+    let samples = |out: &mut Vec<u8>| match body {
+        Body::Columns(p, local) => {
+            let mut first = true;
+            p.for_each(local.len(), |i, ts, v| {
+                write_sample(out, std::mem::take(&mut first), &local[i], ts, v)
+            })
+        }
+        Body::Samples(samples) => {
+            for (k, s) in samples.iter().enumerate() {
+                write_sample(out, k == 0, &sample_prefix(&s.name, &s.tags), s.ts_ms, s.value);
+            }
+            Ok(())
+        }
+    };
+    let mut s = store.lock().map_err(|_| Refused::Poisoned)?;
+    match s.accept(&head, samples) {
+        Ok(new) => Ok((head.seq, new)),
+        Err(StoreError::Batch(e)) => Err(Refused::Batch(e)),
+        Err(StoreError::Io(e)) => Err(Refused::Io(e, s.path.clone())),
+    }
+}
+
 async fn ingest(
     req: HttpRequest,
     body: web::Payload,
@@ -262,7 +387,21 @@ async fn ingest(
         }
         _ => None,
     };
+    // A sink that offers the columns encoding gets it (an older sink offers nothing and sends
+    // the samples form; both forms are read on every connection).
+    let columns_offered = req
+        .headers()
+        .get_all(protocol::ENCODINGS_HEADER)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|e| e.trim() == columns::NAME);
     let (mut resp, mut session, stream) = actix_ws::handle(&req, body)?;
+    if columns_offered {
+        resp.headers_mut().insert(
+            actix_web::http::header::HeaderName::from_static(protocol::ENCODING_HEADER),
+            actix_web::http::header::HeaderValue::from_static(columns::NAME),
+        );
+    }
     if let Some(high) = hello {
         resp.headers_mut().insert(
             actix_web::http::header::HeaderName::from_static(protocol::HELLO_HEADER),
@@ -278,6 +417,8 @@ async fn ingest(
         .max_continuation_size(64 * 1024 * 1024);
     let peer = req.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     actix_rt::spawn(async move {
+        // The series this connection's sink defined (columns encoding), rendered as JSON.
+        let mut table = SeriesTable::<Rc<[u8]>>::default();
         while let Some(msg) = stream.next().await {
             let msg = match msg {
                 Ok(m) => m,
@@ -288,35 +429,39 @@ async fn ingest(
             };
             match msg {
                 actix_ws::AggregatedMessage::Binary(bytes) => {
-                    let batch: Batch = match protocol::decode(&bytes) {
-                        Ok(b) => b,
+                    // A damaged message on a connection that defines series could have
+                    // defined some: the connection's table would no longer match the sink's,
+                    // so the connection is closed (the sink reconnects and sends it again).
+                    let decoded = match columns::decode(&bytes) {
+                        Ok(d) => d,
+                        Err(e) if columns_offered => {
+                            tracing::warn!(peer = %peer, error = %e, "Not a batch; closing the connection.");
+                            break;
+                        }
                         Err(e) => {
                             tracing::warn!(peer = %peer, error = %e, "Not a batch; ignored.");
                             continue;
                         }
                     };
-                    let stored = match store.lock() {
-                        Ok(mut s) => s.accept(&batch).map_err(|e| (e, s.path.clone())),
-                        Err(_) => break,
-                    };
-                    match stored {
-                        Ok(new) => {
+                    match store_message(&store, &decoded, &mut table) {
+                        Ok((seq, new)) => {
                             if !new {
-                                tracing::debug!(agent = %batch.agent_id, seq = batch.seq, "Duplicate batch acknowledged.");
+                                tracing::debug!(seq, "Duplicate batch acknowledged.");
                             }
-                            if session
-                                .binary(protocol::encode(&ServerMsg::Ack { seq: batch.seq }))
-                                .await
-                                .is_err()
-                            {
+                            if session.binary(protocol::encode(&ServerMsg::Ack { seq })).await.is_err() {
                                 break;
                             }
                         }
-                        Err((e, path)) => {
+                        Err(Refused::Batch(e)) => {
+                            tracing::warn!(peer = %peer, error = %e, "Not a batch; closing the connection.");
+                            break;
+                        }
+                        Err(Refused::Io(e, path)) => {
                             // Not stored, so not acknowledged: the client keeps it and resends.
                             tracing::error!(error = %e, file = %path.display(), "Cannot store a batch.");
                             break;
                         }
+                        Err(Refused::Poisoned) => break,
                     }
                 }
                 actix_ws::AggregatedMessage::Ping(p) => match session.pong(&p).await {
@@ -330,4 +475,78 @@ async fn ingest(
         let _ = session.close(None).await;
     });
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_actors::upload::protocol::{Batch, WireSample};
+
+    /// The line of a batch is the same whichever form it came in (and whatever the connection
+    /// defined before), and is what CONTRACT §7 names, key for key, NaN as null.
+    #[test]
+    fn both_forms_make_the_same_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Mutex::new(Store::open(&dir.path().join("out.jsonl")).unwrap());
+        let batch = |seq| Batch {
+            agent_id: "a".repeat(32),
+            sink: "main".into(),
+            seq,
+            host: "h\"<x>".into(),
+            samples: vec![
+                WireSample {
+                    name: "load_1".into(),
+                    tags: Default::default(),
+                    ts_ms: 1_700_000_000_000,
+                    value: 0.5,
+                },
+                WireSample {
+                    name: "disk_reads_sec".into(),
+                    tags: [("device".to_string(), "sda".to_string())].into_iter().collect(),
+                    ts_ms: 1_700_000_000_000,
+                    value: f64::NAN,
+                },
+                WireSample {
+                    name: "load_1".into(),
+                    tags: Default::default(),
+                    ts_ms: 1_700_000_001_000,
+                    value: -2.0,
+                },
+            ],
+            crash_reports: vec![serde_json::json!({"id": "x"})],
+        };
+        let mut table = SeriesTable::default();
+        let as_samples = columns::decode(&protocol::encode(&batch(1))).unwrap();
+        assert!(matches!(store_message(&store, &as_samples, &mut table), Ok((1, true))));
+        let as_columns = columns::decode(&columns::encode(&batch(2))).unwrap();
+        assert!(matches!(store_message(&store, &as_columns, &mut table), Ok((2, true))));
+        // On a connection: batch 3 defines the series, batch 4 only names them.
+        let mut sent = columns::SentSeries::default();
+        let mut table = SeriesTable::default();
+        for seq in [3, 4] {
+            let wire = columns::decode(&sent.wire(&columns::encode(&batch(seq))).unwrap().unwrap()).unwrap();
+            let Decoded::Packed(p) = &wire else { panic!("not columns") };
+            assert_eq!(p.series.len(), if seq == 3 { 2 } else { 0 });
+            assert!(matches!(store_message(&store, &wire, &mut table), Ok((s, true)) if s == seq));
+        }
+        // A duplicate is acknowledged, not written again.
+        assert!(matches!(store_message(&store, &as_columns, &mut table), Ok((2, false))));
+        let text = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4);
+        let expected = |seq: u64| {
+            format!(
+                concat!(
+                    r#"{{"agent_id":"{}","sink":"main","seq":{},"host":"h\"<x>","samples":["#,
+                    r#"{{"name":"load_1","tags":{{}},"ts_ms":1700000000000,"value":0.5}},"#,
+                    r#"{{"name":"disk_reads_sec","tags":{{"device":"sda"}},"ts_ms":1700000000000,"value":null}},"#,
+                    r#"{{"name":"load_1","tags":{{}},"ts_ms":1700000001000,"value":-2.0}}"#,
+                    r#"],"crash_reports":[{{"id":"x"}}]}}"#
+                ),
+                "a".repeat(32),
+                seq
+            )
+        };
+        assert_eq!(lines, [expected(1), expected(2), expected(3), expected(4)]);
+    }
 }

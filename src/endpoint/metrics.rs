@@ -358,6 +358,13 @@ fn sink_families(e: &mut Exposition, s: &SinkStatus) {
         s.sent_batches as f64,
     );
     e.add(
+        "vigil_upload_sent_bytes_total",
+        Counter,
+        "Payload bytes sent: WebSocket messages or HTTP request bodies, resends included.",
+        &l,
+        s.sent_bytes as f64,
+    );
+    e.add(
         "vigil_upload_spooled_batches",
         Gauge,
         "Batches in the spool, not yet acknowledged.",
@@ -552,6 +559,7 @@ mod tests {
             kind: "vigil",
             connected: true,
             sent_batches: 5,
+            sent_bytes: 1234,
             spooled_batches: 1,
             spool_bytes: 4096,
             dropped_samples: 0,
@@ -632,6 +640,7 @@ mod tests {
             "vigil_collector_last_duration_seconds{collector=\"dns\"} 0.012",
             "vigil_collector_errors_total{collector=\"dns\"} 1",
             "vigil_collector_quarantined{collector=\"dns\"} 1",
+            "vigil_upload_sent_bytes_total{sink=\"main\"} 1234",
             "vigil_upload_spool_bytes{sink=\"main\"} 4096",
             "vigil_upload_errors_total{sink=\"main\"} 4",
             "vigil_upload_dropped_batches_total{reason=\"spool_full\",sink=\"main\"} 1",

@@ -10,7 +10,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use super::part::{Carries, Part};
-use super::protocol::{self, Batch};
+use super::protocol::Batch;
 use super::Uploader;
 use crate::config::SinkType;
 
@@ -104,7 +104,7 @@ impl Uploader {
             }
             Err(e) => return self.retry_http(ctx, format!("spool: {e}")),
         };
-        let batch: Batch = match protocol::decode(&rec.payload) {
+        let batch: Batch = match super::columns::decode_batch(&rec.payload) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(sink = %self.cfg.name, seq = rec.seq, error = %e, "Spooled batch does not decode; dropped (counted as undecodable_batches).");
@@ -144,6 +144,7 @@ impl Uploader {
         }
         self.http_busy = true;
         let body = part.body;
+        self.sent_bytes += body.len() as u64;
         let exchange = async move {
             let mut resp = req.send_body(body).await.map_err(|e| e.to_string())?;
             let status = resp.status().as_u16();

@@ -12,6 +12,7 @@
 //! (1 s doubling to 60 s, minus up to 10 % jitter: [`crate::backoff`]); an idle connection is pinged every
 //! [`PING_EVERY`].
 
+pub mod columns;
 pub mod http;
 pub mod native;
 pub mod otlp;
@@ -75,6 +76,9 @@ pub struct SinkStatus {
     pub connected: bool,
     /// Batches acknowledged by the receiver since start.
     pub sent_batches: u64,
+    /// Payload bytes sent since start (WebSocket messages or HTTP request bodies, resends
+    /// included): with the samples published, the bytes per sample on the wire.
+    pub sent_bytes: u64,
     /// Batches in the spool, not yet acknowledged.
     pub spooled_batches: u64,
     pub spool_bytes: u64,
@@ -111,6 +115,11 @@ pub struct Uploader {
     connecting: bool,
     /// Connected to a receiver that sends a Hello first; nothing is sent until it arrives.
     awaiting_hello: bool,
+    /// The connection's receiver announced the columns encoding: the series it was sent.
+    /// `None`: it did not, and batches go out in the `samples` form.
+    wire: Option<columns::SentSeries>,
+    /// Payload bytes handed to the connection or sent as request bodies, resends included.
+    sent_bytes: u64,
     /// Highest seq sent on the current connection.
     sent_upto: u64,
     backoff: Backoff,
@@ -167,7 +176,7 @@ impl Uploader {
     pub fn new(cfg: UploadConfig, data_dir: &Path, agent_id: String, host: String) -> Self {
         let spool_dir = data_dir.join("spool").join(&cfg.name);
         let (spool, open_error) = Spool::open_or_retry(&spool_dir, cfg.spool_max_bytes);
-        let spool = spool.with_sample_counter(protocol::sample_count);
+        let spool = spool.with_sample_counter(columns::sample_count);
         if let Some(e) = &open_error {
             tracing::error!(sink = %cfg.name, error = %e, "Cannot open the spool; samples are held in memory (at most {MAX_HELD}) and the spool is tried again at every flush.");
         }
@@ -198,6 +207,8 @@ impl Uploader {
             conn: None,
             connecting: false,
             awaiting_hello: false,
+            wire: None,
+            sent_bytes: 0,
             sent_upto: 0,
             backoff: Backoff::new(BACKOFF_MIN, BACKOFF_MAX),
             acked_batches: 0,
@@ -285,10 +296,15 @@ impl Uploader {
             return;
         }
         let batch = self.next_batch(crash_reports);
-        let bytes = protocol::encode(&batch);
+        let bytes = columns::encode(&batch);
         match self.spool.append(&bytes) {
             Ok(seq) => {
                 debug_assert_eq!(seq, batch.seq);
+                // The batch's memory is the next buffer's (already paged in, already sized).
+                if self.buffer.is_empty() {
+                    self.buffer = batch.samples;
+                    self.buffer.clear();
+                }
                 if let Some(why) = self.spool_failing.take() {
                     tracing::info!(sink = %self.cfg.name, after = %why, "The spool takes batches again; what was held in memory is spooled.");
                 }
@@ -426,6 +442,7 @@ impl Uploader {
             },
             connected: self.conn.is_some() || self.http_ok,
             sent_batches: self.acked_batches,
+            sent_bytes: self.sent_bytes,
             spooled_batches: self.spool.pending_len() as u64,
             spool_bytes: self.spool.bytes(),
             dropped_samples,
@@ -546,7 +563,7 @@ impl Uploader {
         let _ = self.spool.retry_open();
         while !self.buffer.is_empty() {
             let batch = self.next_batch(Vec::new());
-            if let Err(e) = self.spool.append(&protocol::encode(&batch)) {
+            if let Err(e) = self.spool.append(&columns::encode(&batch)) {
                 self.disk_full_samples += (batch.samples.len() + self.buffer.len()) as u64;
                 tracing::error!(sink = %self.cfg.name, error = %e, samples = batch.samples.len() + self.buffer.len(), "Cannot spool the last samples at shutdown; they are lost.");
                 self.buffer.clear();
@@ -561,6 +578,8 @@ impl Handler<Publish> for Uploader {
     fn handle(&mut self, Publish(samples): Publish, ctx: &mut Context<Self>) {
         // The only sink takes the samples without copying them; several sinks copy.
         match std::sync::Arc::try_unwrap(samples) {
+            // Taken whole when nothing is buffered and the buffer's memory would not hold it.
+            Ok(v) if self.buffer.is_empty() && self.buffer.capacity() < v.len() => self.buffer = v,
             Ok(v) => self.buffer.extend(v),
             Err(shared) => self.buffer.extend(shared.iter().cloned()),
         }
@@ -737,7 +756,7 @@ mod tests {
         assert_eq!(st.spooled_batches, 2);
         let mut spool = Spool::open(&dir.join("spool/cap"), 1 << 30).unwrap();
         for rec in spool.read_all() {
-            let b: Batch = protocol::decode(&rec.payload).unwrap();
+            let b: Batch = columns::decode_batch(&rec.payload).unwrap();
             assert_eq!(b.samples.len(), MAX_BATCH_SAMPLES);
         }
         let _ = std::fs::remove_dir_all(&dir);

@@ -11,6 +11,7 @@ use awc::ws;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
+use super::columns;
 use super::protocol::{self, ServerMsg};
 use super::{Uploader, PING_EVERY, WINDOW};
 
@@ -46,7 +47,7 @@ impl Uploader {
             .take_while(|&s| s <= acked + WINDOW)
             .collect();
         for seq in seqs {
-            let rec = match self.spool.read(seq) {
+            let mut rec = match self.spool.read(seq) {
                 Ok(rec) => rec,
                 Err(e @ super::spool::SpoolError::Damaged { .. }) => {
                     tracing::error!(sink = %self.cfg.name, seq, error = %e, "A spooled batch was damaged on disk; skipped (counted as corrupt_records).");
@@ -59,10 +60,28 @@ impl Uploader {
                     break;
                 }
             };
+            // What the receiver reads: the columns form against the series this connection
+            // carried, or for a receiver that did not announce it, the samples form.
+            let wire = match &mut self.wire {
+                Some(sent) => sent.wire(&rec.payload),
+                None => columns::samples_form(&rec.payload),
+            };
+            match wire {
+                Ok(Some(bytes)) => rec.payload = bytes,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(sink = %self.cfg.name, seq, error = %e, "Spooled batch does not decode; dropped (counted as undecodable_batches).");
+                    self.undecodable_batches += 1;
+                    self.spool.forget(seq);
+                    continue;
+                }
+            }
             let Some(tx) = &self.conn else { return };
+            let len = rec.payload.len() as u64;
             if tx.send((rec.seq, rec.payload)).is_err() {
                 break;
             }
+            self.sent_bytes += len;
             self.sent_upto = seq;
         }
     }
@@ -85,13 +104,20 @@ impl Uploader {
             let mut req = client
                 .ws(url.as_str())
                 .set_header(protocol::AGENT_HEADER, agent)
-                .set_header(protocol::SINK_HEADER, sink);
+                .set_header(protocol::SINK_HEADER, sink)
+                .set_header(protocol::ENCODINGS_HEADER, columns::NAME);
             if let Some(t) = token {
                 req = req.bearer_auth(t);
             }
             req.connect()
                 .await
-                .map(|(resp, framed)| (resp.headers().contains_key(protocol::HELLO_HEADER), framed))
+                .map(|(resp, framed)| {
+                    let h = resp.headers();
+                    let columns = h
+                        .get(protocol::ENCODING_HEADER)
+                        .is_some_and(|v| v.as_bytes() == columns::NAME.as_bytes());
+                    (h.contains_key(protocol::HELLO_HEADER), columns, framed)
+                })
                 .map_err(|e| e.to_string())
         };
         ctx.spawn(fut.into_actor(self).map(move |res, this, ctx| {
@@ -102,8 +128,9 @@ impl Uploader {
                 return this.connect(ctx);
             }
             match res {
-                Ok((hello, framed)) => {
-                    tracing::info!(sink = %this.cfg.name, url = %this.cfg.url, "Upload connection established.");
+                Ok((hello, columns, framed)) => {
+                    tracing::info!(sink = %this.cfg.name, url = %this.cfg.url, columns, "Upload connection established.");
+                    this.wire = columns.then(columns::SentSeries::default);
                     // A receiver that announces a Hello gets nothing before it: a batch sent
                     // under a seq it already holds would be acked and discarded.
                     this.awaiting_hello = hello;
@@ -334,14 +361,13 @@ impl Uploader {
         }
         self.spool.advance_next_seq(high + 1);
         for seq in renumber {
-            let batch =
-                self.spool.read(seq).ok().and_then(|r| protocol::decode::<protocol::Batch>(&r.payload).ok());
+            let batch = self.spool.read(seq).ok().and_then(|r| super::columns::decode_batch(&r.payload).ok());
             let Some(mut batch) = batch else {
                 self.undecodable_batches += 1;
                 continue;
             };
             batch.seq = self.spool.next_seq();
-            if let Err(e) = self.spool.append(&protocol::encode(&batch)) {
+            if let Err(e) = self.spool.append(&super::columns::encode(&batch)) {
                 // Tried again at the next connection (the spool stays new).
                 self.spool_failed(format!("spool: {e}"));
                 return;

@@ -48,16 +48,11 @@ pub enum ServerMsg {
 pub const AGENT_HEADER: &str = "x-vigil-agent-id";
 pub const SINK_HEADER: &str = "x-vigil-sink";
 pub const HELLO_HEADER: &str = "x-vigil-hello";
-
-/// The number of samples in an encoded [`Batch`], without decoding them (0 when it does not
-/// decode): what the spool counts when its size limit drops a batch.
-pub fn sample_count(bytes: &[u8]) -> u64 {
-    #[derive(Deserialize)]
-    struct Count {
-        samples: Vec<serde::de::IgnoredAny>,
-    }
-    decode::<Count>(bytes).map_or(0, |c| c.samples.len() as u64)
-}
+/// The request header by which a sink offers the encodings it can send besides the
+/// `samples` form ([`super::columns::NAME`]), and the response header naming the one the
+/// receiver takes. Without the answer, batches are sent as [`Batch`].
+pub const ENCODINGS_HEADER: &str = "x-vigil-encodings";
+pub const ENCODING_HEADER: &str = "x-vigil-encoding";
 
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     rmp_serde::to_vec_named(msg).expect("protocol messages always encode")
@@ -149,11 +144,11 @@ mod tests {
             let valid = encode(&batch);
             if case % 10 == 0 {
                 assert_eq!(decode::<Batch>(&valid).unwrap(), batch);
-                assert_eq!(sample_count(&valid), n as u64);
+                assert_eq!(super::super::columns::sample_count(&valid), n as u64);
             }
             let bytes = crate::mutate::mutate(&mut rng, &valid);
             let _ = decode::<Batch>(&bytes);
-            let _ = sample_count(&bytes);
+            let _ = super::super::columns::sample_count(&bytes);
             let msg = if case % 2 == 0 {
                 ServerMsg::Ack { seq: rng.random() }
             } else {

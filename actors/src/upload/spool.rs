@@ -437,14 +437,22 @@ impl Spool {
     /// Forgets a record that cannot be read back ([`SpoolError::Damaged`]), counting it as
     /// corrupt; it will never be sent.
     pub fn skip_damaged(&mut self, seq: u64) {
+        if self.forget(seq) {
+            self.stats.corrupt_records += 1;
+        }
+    }
+
+    /// Batch `seq` is no longer pending (it cannot be sent: the caller counts why); true when
+    /// it was.
+    pub fn forget(&mut self, seq: u64) -> bool {
         for s in &mut self.segments {
             if let Ok(i) = s.entries.binary_search_by_key(&seq, |e| e.seq) {
                 s.entries.remove(i);
                 self.pending -= 1;
-                self.stats.corrupt_records += 1;
-                return;
+                return true;
             }
         }
+        false
     }
 
     /// Every unacknowledged record, read back (for tests and tools: it loads them all).
