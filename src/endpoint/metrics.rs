@@ -170,7 +170,7 @@ const FROM_STATUS: &[&str] = &["collector_duration_ms", "collector_samples_total
 pub struct Scrape<'a> {
     pub status: &'a StatusSnapshot,
     pub sinks: &'a [SinkStatus],
-    pub latest: &'a [(SeriesKey, Latest)],
+    pub latest: &'a [(std::sync::Arc<SeriesKey>, Latest)],
     /// Milliseconds since the epoch, now.
     pub now_ms: i64,
     /// Series whose latest value is older than this are left out.
@@ -213,7 +213,8 @@ pub fn render(s: &Scrape) -> String {
     let all = samples();
     let table: BTreeMap<&str, &Exposed> = all.iter().map(|x| (x.native, x)).collect();
     let oldest = s.now_ms.saturating_sub(s.stale_after.as_millis() as i64);
-    for ((name, tags), latest) in s.latest {
+    for (series, latest) in s.latest {
+        let (name, tags) = &**series;
         if latest.ts_ms < oldest || FROM_STATUS.contains(&name.as_str()) {
             continue;
         }
@@ -580,8 +581,8 @@ mod tests {
         }
     }
 
-    fn key(name: &str, tags: &[(&str, &str)]) -> SeriesKey {
-        (name.into(), tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    fn key(name: &str, tags: &[(&str, &str)]) -> std::sync::Arc<SeriesKey> {
+        std::sync::Arc::new((name.into(), tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()))
     }
 
     #[test]

@@ -192,8 +192,12 @@ pub struct Latest {
     pub ts_ms: i64,
 }
 
-/// The latest value of every series, as `/metrics` reads it.
-pub type LatestValues = Vec<(SeriesKey, Latest)>;
+/// The latest value of every series, as `/metrics` reads it. The keys are shared with the
+/// store, so publishing a snapshot copies pointers, not names and tags.
+pub type LatestValues = Vec<(std::sync::Arc<SeriesKey>, Latest)>;
+
+/// The supervisor's latest-value store: one entry per series, updated in place.
+pub type LatestStore = HashMap<std::sync::Arc<SeriesKey>, Latest, foldhash::fast::RandomState>;
 
 /// How often the Supervisor forgets the series that went stale.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(5);
@@ -201,7 +205,7 @@ pub const PRUNE_EVERY: Duration = Duration::from_secs(5);
 /// Forgets the series whose latest value is older than `window` at `now_ms`; returns how many.
 /// This is what keeps the store bounded by what exists now, not by everything that ever did
 /// (every container, interface, mount and process that came and went).
-pub fn prune_stale(latest: &mut HashMap<SeriesKey, Latest>, now_ms: i64, window: Duration) -> usize {
+pub fn prune_stale(latest: &mut LatestStore, now_ms: i64, window: Duration) -> usize {
     let oldest = now_ms.saturating_sub(window.as_millis() as i64);
     let before = latest.len();
     latest.retain(|_, v| v.ts_ms >= oldest);
@@ -387,7 +391,7 @@ pub struct Supervisor {
     stats: HashMap<String, CollectorStats>,
     /// Quarantined collectors and when their quarantine ends.
     quarantine: Quarantine,
-    latest: HashMap<SeriesKey, Latest>,
+    latest: LatestStore,
     /// Unrequested ends by (reason, signal name, exit code), for `/metrics`.
     crash_counts: BTreeMap<CrashKey, u64>,
     /// The incarnation whose first heartbeat ack systemd was told about (0: none yet, so
@@ -441,7 +445,7 @@ impl Supervisor {
             spawn_error: None,
             in_crash_loop: false,
             stats: HashMap::new(),
-            latest: HashMap::new(),
+            latest: LatestStore::default(),
             crash_counts: BTreeMap::new(),
             notified_incarnation: 0,
         };
@@ -469,8 +473,14 @@ impl Supervisor {
         })
     }
 
-    fn record(&mut self, ts_ms: i64, name: &str, value: f64, tags: BTreeMap<String, String>) {
-        self.latest.insert((name.to_string(), tags), Latest { value, ts_ms });
+    fn record(&mut self, ts_ms: i64, name: String, value: f64, tags: BTreeMap<String, String>) {
+        let key = (name, tags);
+        match self.latest.get_mut(&key) {
+            Some(v) => *v = Latest { value, ts_ms },
+            None => {
+                self.latest.insert(std::sync::Arc::new(key), Latest { value, ts_ms });
+            }
+        }
         self.latest_dirty = true;
     }
 
@@ -512,7 +522,7 @@ impl Supervisor {
                     value: s.value,
                 });
             }
-            self.record(ts_ms, &s.name, s.value, tags);
+            self.record(ts_ms, s.name, s.value, tags);
         }
         if !wire.is_empty() {
             let wire = std::sync::Arc::new(wire);
@@ -532,9 +542,9 @@ impl Supervisor {
         let (samples_total, errors_total) = (st.samples, st.errors);
         // Self metrics of every collection (CONTRACT §4).
         let tags = |c: &str| BTreeMap::from([("collector".to_string(), c.to_string())]);
-        self.record(ts_ms, "collector_duration_ms", duration_ms, tags(&collector));
-        self.record(ts_ms, "collector_samples_total", samples_total as f64, tags(&collector));
-        self.record(ts_ms, "collector_errors_total", errors_total as f64, tags(&collector));
+        self.record(ts_ms, "collector_duration_ms".into(), duration_ms, tags(&collector));
+        self.record(ts_ms, "collector_samples_total".into(), samples_total as f64, tags(&collector));
+        self.record(ts_ms, "collector_errors_total".into(), errors_total as f64, tags(&collector));
     }
 
     /// A crash happened while `name` was collecting: count it, and quarantine the collector
@@ -1295,9 +1305,13 @@ mod tests {
     /// A series that got no value for the stale window is forgotten; live ones stay.
     #[test]
     fn stale_series_of_vanished_things_are_forgotten() {
-        let key =
-            |id: u32| ("container_cpu".to_string(), BTreeMap::from([("id".to_string(), id.to_string())]));
-        let mut latest = HashMap::new();
+        let key = |id: u32| {
+            std::sync::Arc::new((
+                "container_cpu".to_string(),
+                BTreeMap::from([("id".to_string(), id.to_string())]),
+            ))
+        };
+        let mut latest = LatestStore::default();
         let now = 10_000_000;
         // 10,000 containers came and went; 5 are alive.
         for id in 0..10_000 {
