@@ -223,7 +223,8 @@ impl Packed {
         if self.refs.is_some() {
             return Err(ColumnsError::NeedsConnection);
         }
-        let mut samples = Vec::with_capacity(self.count.min(1 << 20) as usize);
+        // A sample takes at least 3 bytes: a damaged count cannot make a large allocation.
+        let mut samples = Vec::with_capacity(self.count.min(self.columns.len() as u64 / 3) as usize);
         self.for_each(self.series.len(), |i, ts_ms, value| {
             let (name, tags) = &self.series[i];
             samples.push(WireSample { name: name.clone(), tags: tags.clone(), ts_ms, value });
