@@ -89,19 +89,18 @@ impl Store {
             return Ok(false);
         }
         let mut line = Vec::with_capacity(4096);
-        let json = |line: &mut Vec<u8>, v: &dyn erased::Json| v.write(line);
         line.extend_from_slice(br#"{"agent_id":"#);
-        json(&mut line, &head.agent_id);
+        json(&mut line, head.agent_id);
         line.extend_from_slice(br#","sink":"#);
-        json(&mut line, &head.sink);
+        json(&mut line, head.sink);
         line.extend_from_slice(br#","seq":"#);
         json(&mut line, &head.seq);
         line.extend_from_slice(br#","host":"#);
-        json(&mut line, &head.host);
+        json(&mut line, head.host);
         line.extend_from_slice(br#","samples":["#);
         samples(&mut line).map_err(StoreError::Batch)?;
         line.extend_from_slice(br#"],"crash_reports":"#);
-        json(&mut line, &head.crash_reports);
+        json(&mut line, head.crash_reports);
         line.extend_from_slice(b"}\n");
         self.out.write_all(&line).map_err(StoreError::Io)?;
         // On disk before the ack: an ack must survive a crash of this machine.
@@ -126,28 +125,20 @@ enum StoreError {
     Io(std::io::Error),
 }
 
-/// Writing a JSON value into a line (serde_json's compact form, as the rest of the line).
-mod erased {
-    pub trait Json {
-        fn write(&self, out: &mut Vec<u8>);
-    }
-    impl<T: serde::Serialize + ?Sized> Json for T {
-        fn write(&self, out: &mut Vec<u8>) {
-            // Strings, numbers, maps of strings and JSON values always serialise.
-            let _ = serde_json::to_writer(&mut *out, self);
-        }
-    }
+/// Appends `v` in serde_json's compact form, as the rest of the line.
+fn json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+    // Strings, numbers, maps of strings and JSON values always serialise.
+    let _ = serde_json::to_writer(&mut *out, v);
 }
 
 /// A sample's JSON object up to its timestamp: `{"name":…,"tags":{…},"ts_ms":`. Made once
 /// per series of a connection (columns), or once per sample (the samples form).
 fn sample_prefix(name: &str, tags: &std::collections::BTreeMap<String, String>) -> Rc<[u8]> {
-    use erased::Json;
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(br#"{"name":"#);
-    name.write(&mut out);
+    json(&mut out, name);
     out.extend_from_slice(br#","tags":"#);
-    tags.write(&mut out);
+    json(&mut out, tags);
     out.extend_from_slice(br#","ts_ms":"#);
     out.into()
 }
@@ -155,14 +146,13 @@ fn sample_prefix(name: &str, tags: &std::collections::BTreeMap<String, String>) 
 /// Appends one sample: its prefix, then `TS,"value":VALUE}` (a non-finite value is `null`, as
 /// serde_json writes it).
 fn write_sample(out: &mut Vec<u8>, first: bool, prefix: &[u8], ts_ms: i64, value: f64) {
-    use erased::Json;
     if !first {
         out.push(b',');
     }
     out.extend_from_slice(prefix);
-    ts_ms.write(out);
+    json(out, &ts_ms);
     out.extend_from_slice(br#","value":"#);
-    value.write(out);
+    json(out, &value);
     out.push(b'}');
 }
 
