@@ -300,11 +300,6 @@ impl Uploader {
         match self.spool.append(&bytes) {
             Ok(seq) => {
                 debug_assert_eq!(seq, batch.seq);
-                // The batch's memory is the next buffer's (already paged in, already sized).
-                if self.buffer.is_empty() {
-                    self.buffer = batch.samples;
-                    self.buffer.clear();
-                }
                 if let Some(why) = self.spool_failing.take() {
                     tracing::info!(sink = %self.cfg.name, after = %why, "The spool takes batches again; what was held in memory is spooled.");
                 }
