@@ -24,6 +24,10 @@ pub struct Args {
     /// Print JSON (as `/crashes` and `/crashes/{id}` serve it) instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// With `list`: one row per crash signature (or, without a stack, per way of dying), with
+    /// counts, the innermost function of vigil's own code, first and last time and newest report.
+    #[arg(long)]
+    group: bool,
 }
 
 #[derive(clap::Subcommand)]
@@ -48,6 +52,7 @@ pub fn main(args: Args) -> ExitCode {
     let dir = config::data_dir(args.data_dir.as_deref(), &cfg).join("crashes");
     let mut out = std::io::stdout().lock();
     let result = match args.action.unwrap_or(Action::List) {
+        Action::List if args.group => cmd_group(&dir, args.json, &mut out),
         Action::List => cmd_list(&dir, args.json, &mut out),
         Action::Show { id, stderr } => cmd_show(&dir, &id, args.json, stderr, &mut out),
     };
@@ -73,6 +78,101 @@ fn cmd_list(dir: &Path, json: bool, out: &mut impl Write) -> Result<ExitCode, St
         writeln!(out, "\n{} report(s) in {}; `vigil crashes show ID` for one.", entries.len(), dir.display())
             .map_err(w)?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The reports that share a signature (or, where no stack was taken, a way of dying).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Group {
+    pub signature: Option<String>,
+    /// `SIGSEGV`, `exit code 3`, …: how the newest of them ended.
+    pub how: String,
+    /// The innermost function of vigil's own code on the newest one's stack.
+    pub function: Option<String>,
+    pub count: usize,
+    pub first: String,
+    pub last: String,
+    pub latest_report: String,
+}
+
+/// Groups `entries` (newest first) by signature, the biggest group first; corrupt reports
+/// are left out (the plain list shows them).
+pub fn group(entries: &[Entry]) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    for (e, r) in entries.iter().filter_map(|e| e.typed().map(|r| (e, r))) {
+        let how = how(r.exit.signal_name.as_deref(), r.exit.code.map(i64::from), r.exit.core_dumped);
+        let sig = r.forensics.signature.clone();
+        let same = |g: &&mut Group| g.signature == sig && (sig.is_some() || g.how == how);
+        if let Some(g) = groups.iter_mut().find(|g| same(g)) {
+            g.count += 1;
+            // RFC 3339 in UTC, as vigil writes it: ordered as text.
+            if r.exit.at < g.first {
+                g.first = r.exit.at.clone();
+            }
+            if r.exit.at > g.last {
+                g.last = r.exit.at.clone();
+            }
+            continue;
+        }
+        let f = &r.forensics;
+        let stack = f
+            .stack
+            .as_deref()
+            .or_else(|| f.threads.as_ref().and_then(|t| t.first()).map(|t| t.stack.as_slice()));
+        groups.push(Group {
+            signature: sig,
+            how,
+            function: stack.and_then(vigil_actors::supervisor::stack::innermost_own).map(str::to_string),
+            count: 1,
+            first: r.exit.at.clone(),
+            last: r.exit.at.clone(),
+            latest_report: e.id.clone(),
+        });
+    }
+    groups.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| b.last.cmp(&a.last)));
+    groups
+}
+
+fn cmd_group(dir: &Path, json: bool, out: &mut impl Write) -> Result<ExitCode, String> {
+    let entries = list(dir).map_err(|e| format!("cannot list crash reports: {e}"))?;
+    let groups = group(&entries);
+    let w = |e: std::io::Error| format!("cannot write: {e}");
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&groups).unwrap_or_default()).map_err(w)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if groups.is_empty() {
+        writeln!(out, "No crash reports in {}.", dir.display()).map_err(w)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut rows =
+        vec![["COUNT", "SIGNATURE", "HOW", "FUNCTION", "FIRST", "LAST", "NEWEST REPORT"].map(String::from)];
+    for g in &groups {
+        rows.push([
+            g.count.to_string(),
+            g.signature.clone().unwrap_or_else(|| "-".into()),
+            g.how.clone(),
+            g.function.clone().unwrap_or_else(|| "-".into()),
+            g.first.clone(),
+            g.last.clone(),
+            g.latest_report.clone(),
+        ]);
+    }
+    let mut widths = [0usize; 7];
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut s = String::new();
+    for r in &rows {
+        let cells: Vec<String> = r.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        s.push_str(cells.join("  ").trim_end());
+        s.push('\n');
+    }
+    out.write_all(s.as_bytes()).map_err(w)?;
+    let total: usize = groups.iter().map(|g| g.count).sum();
+    writeln!(out, "\n{total} report(s) in {} group(s) in {}.", groups.len(), dir.display()).map_err(w)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -302,5 +402,40 @@ mod tests {
         assert_eq!(j["stderr_lossy"], true);
         let header = render_header(&s, &crashes);
         assert!(header.contains("SIGSEGV (11)") && header.ends_with("byte-exact) ---\n"), "{header}");
+    }
+
+    #[test]
+    fn group_counts_by_signature_or_by_how_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_sig = |id: &str, sig: &str| {
+            let mut r = report(id, Some(11), None);
+            r.exit.at = format!("2026-11-27T04:00:0{}Z", &id[id.len() - 1..]);
+            r.forensics.signature = Some(sig.into());
+            r
+        };
+        let ids: Vec<String> = (1..=6).map(|n| format!("20260101T00000{n}.000Z-{n}")).collect();
+        crash_report::write(dir.path(), &with_sig(&ids[0], "aaaa"), b"").unwrap();
+        crash_report::write(dir.path(), &with_sig(&ids[1], "bbbb"), b"").unwrap();
+        crash_report::write(dir.path(), &with_sig(&ids[2], "aaaa"), b"").unwrap();
+        crash_report::write(dir.path(), &report(&ids[3], None, Some(3)), b"").unwrap();
+        crash_report::write(dir.path(), &report(&ids[4], None, Some(3)), b"").unwrap();
+        crash_report::write(dir.path(), &report(&ids[5], Some(6), None), b"").unwrap();
+        let groups = group(&list(dir.path()).unwrap());
+        let summary: Vec<(Option<&str>, &str, usize, &str)> = groups
+            .iter()
+            .map(|g| (g.signature.as_deref(), g.how.as_str(), g.count, g.latest_report.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                // Equal counts: the one seen last first.
+                (Some("aaaa"), "SIGSEGV", 2, ids[2].as_str()),
+                (None, "exit 3", 2, ids[4].as_str()),
+                (Some("bbbb"), "SIGSEGV", 1, ids[1].as_str()),
+                (None, "SIGABRT", 1, ids[5].as_str()),
+            ]
+        );
+        let a = &groups[0];
+        assert_eq!((a.first.as_str(), a.last.as_str()), ("2026-11-27T04:00:01Z", "2026-11-27T04:00:03Z"));
     }
 }

@@ -147,6 +147,7 @@ fn run(
         args: vec!["collector".into()],
         env: vec![(crate::logging::CHILD_LEVEL_ENV.into(), cfg.agent.log_level.as_str().into())],
         version: vigil_actors::VERSION.to_string(),
+        host: reload::host_name(&cfg),
         collectors: cfg.collectors.clone(),
         tags: cfg.agent.tags.clone(),
         upload_hosts: reload::upload_hosts(&cfg),

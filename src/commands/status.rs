@@ -208,6 +208,35 @@ fn table(rows: &[Vec<String>]) -> String {
 }
 
 /// The human summary.
+/// A one-line sparkline of `counts`: a blank for zero, then eight heights up to the largest.
+pub fn sparkline(counts: &[u64]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let max = counts.iter().copied().max().unwrap_or(0);
+    counts
+        .iter()
+        .map(|&n| match n {
+            0 => '·',
+            n => BARS[((n * 8).div_ceil(max.max(1)) as usize).clamp(1, 8) - 1],
+        })
+        .collect()
+}
+
+/// The `n` most frequent crash signatures in `/status` `crash_counts`, as `SIG xCOUNT (how)`.
+pub fn top_signatures(counts: &[Value], n: usize) -> Vec<String> {
+    let mut by_sig: Vec<(String, u64, String)> = Vec::new();
+    for k in counts {
+        let Some(sig) = k["signature"].as_str() else { continue };
+        let count = k["count"].as_u64().unwrap_or(0);
+        let what = how(k["signal_name"].as_str(), k["code"].as_i64(), false);
+        match by_sig.iter_mut().find(|(s, _, _)| s == sig) {
+            Some(e) => e.1 += count,
+            None => by_sig.push((sig.to_string(), count, what)),
+        }
+    }
+    by_sig.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    by_sig.into_iter().take(n).map(|(s, c, w)| format!("{s} x{c} ({w})")).collect()
+}
+
 pub fn render(s: &Value, target: &Target, verdict: &Verdict) -> String {
     let mut out = String::new();
     let health = if verdict.problems.is_empty() { "HEALTHY" } else { "UNHEALTHY" };
@@ -327,6 +356,19 @@ pub fn render(s: &Value, target: &Target, verdict: &Verdict) -> String {
         .collect();
     if !counts.is_empty() {
         line("crashes", counts.join(", "));
+    }
+    let hourly: Vec<u64> =
+        c["crashes_per_hour"].as_array().into_iter().flatten().filter_map(Value::as_u64).collect();
+    if !hourly.is_empty() {
+        let total: u64 = hourly.iter().sum();
+        line(
+            "crashes 24 h",
+            format!("{} {total} (per hour, oldest first; now at the right)", sparkline(&hourly)),
+        );
+    }
+    let sigs = top_signatures(c["crash_counts"].as_array().map(Vec::as_slice).unwrap_or(&[]), 5);
+    if !sigs.is_empty() {
+        line("top signatures", sigs.join(", "));
     }
 
     out.push_str("\ncollectors\n");
@@ -486,6 +528,20 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("check-in      last ok never, failing: connection refused; last change module 2.0 rolled_back"), "{out}");
+    }
+
+    #[test]
+    fn sparkline_and_top_signatures() {
+        assert_eq!(sparkline(&[0, 1, 2, 8, 0]), "·▁▂█·");
+        assert_eq!(sparkline(&[0; 3]), "···");
+        let counts = vec![
+            json!({"reason": "signaled", "signal_name": "SIGSEGV", "code": null, "signature": "aa", "count": 2}),
+            json!({"reason": "signaled", "signal_name": "SIGABRT", "code": null, "signature": "bb", "count": 5}),
+            json!({"reason": "exited", "signal_name": null, "code": 3, "signature": null, "count": 9}),
+            json!({"reason": "unresponsive", "signal_name": "SIGKILL", "code": null, "signature": "aa", "count": 1}),
+        ];
+        assert_eq!(top_signatures(&counts, 5), vec!["bb x5 (SIGABRT)", "aa x3 (SIGSEGV)"]);
+        assert_eq!(top_signatures(&counts, 1).len(), 1);
     }
 
     #[test]

@@ -416,7 +416,7 @@ fn dropped_family(key: &str) -> Option<(&'static str, &str)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use vigil_actors::supervisor::{CollectorEntry, CollectorStatus, CrashCount, HeartbeatStatus};
 
@@ -502,9 +502,11 @@ mod tests {
         );
     }
 
-    fn snapshot() -> StatusSnapshot {
+    pub(crate) fn snapshot() -> StatusSnapshot {
         StatusSnapshot {
             version: "1.2.3".into(),
+            host: "host-1".into(),
+            tags: BTreeMap::from([("env".into(), "test".into())]),
             pid: 1,
             uptime_ms: 1500,
             collector: CollectorStatus {
@@ -515,6 +517,7 @@ mod tests {
                 next_restart_in_ms: None,
                 heartbeat: HeartbeatStatus { last_ack_ms_ago: Some(250), rtt_ms: Some(0.5) },
                 last_exit: None,
+                crashes_per_hour: vec![0; 24],
                 pending_crash_reports: 0,
                 dropped_frames: BTreeMap::from([("oversized_frames", 2), ("undecodable_frames", 0)]),
                 crash_report_error: None,
@@ -554,7 +557,7 @@ mod tests {
         }
     }
 
-    fn sink() -> SinkStatus {
+    pub(crate) fn sink() -> SinkStatus {
         SinkStatus {
             name: "main".into(),
             kind: "vigil",
@@ -563,6 +566,7 @@ mod tests {
             sent_bytes: 1234,
             spooled_batches: 1,
             spool_bytes: 4096,
+            spool_max_bytes: 1 << 20,
             dropped_samples: 0,
             dropped: BTreeMap::from([
                 ("spool_full_batches", 1),

@@ -8,6 +8,7 @@
 //! slow, can delay supervision, and no answer waits on the supervision thread.
 
 pub mod metrics;
+pub mod page;
 
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -99,6 +100,7 @@ pub fn start(
         lower_priority();
         App::new()
             .app_data(state.clone())
+            .route("/", web::get().to(index))
             .route("/status", web::get().to(status))
             .route("/healthz", web::get().to(healthz))
             .route("/metrics", web::get().to(metrics))
@@ -223,6 +225,41 @@ async fn status(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     body["crash_dir"] = serde_json::Value::from(state.crash_dir.to_string_lossy());
     body["config"] = serde_json::to_value(state.live.config()).unwrap_or_default();
     HttpResponse::Ok().json(body)
+}
+
+/// `/`: the status page ([`page`]).
+async fn index(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if !authorized(&req, &state) {
+        return unauthorized();
+    }
+    let Some(snap) = snapshot(&state) else { return starting() };
+    let sinks: Vec<_> = state.live.sinks().iter().map(SinkHandle::status).collect();
+    let deaths = state.feed.deaths();
+    // The newest report, read off the worker thread (a frozen disk holds up this answer only).
+    let dir = state.crash_dir.clone();
+    let latest = web::block(move || newest_report(&dir)).await.ok().flatten();
+    let body = page::render(&page::Page {
+        status: &snap,
+        sinks: &sinks,
+        deaths: &deaths,
+        latest: latest.as_ref(),
+        now_ms: chrono::Utc::now().timestamp_millis(),
+    });
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header((header::CONTENT_SECURITY_POLICY, page::CSP))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(body)
+}
+
+/// The newest crash report in `dir` with its stderr tail; `None` when there is none.
+fn newest_report(dir: &Path) -> Option<page::LatestCrash> {
+    let id = vigil_actors::supervisor::crash_report::list_ids(dir).ok()?.pop()?;
+    match crate::reports::show(dir, &id) {
+        Ok(shown) => Some(page::LatestCrash { report: shown.entry.typed(), id, stderr: shown.stderr }),
+        Err(_) => Some(page::LatestCrash { id, report: None, stderr: Vec::new() }),
+    }
 }
 
 async fn healthz(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {

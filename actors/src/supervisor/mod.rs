@@ -31,6 +31,7 @@
 pub mod checkin;
 pub mod child_process;
 pub mod crash_report;
+pub mod deaths;
 pub mod disk;
 pub mod heartbeat;
 pub mod module;
@@ -106,6 +107,8 @@ pub struct SupervisorSettings {
     /// Added to the inherited environment of every incarnation.
     pub env: Vec<(OsString, OsString)>,
     pub version: String,
+    /// The host name samples carry (`agent.hostname` or the system's), shown on the status page.
+    pub host: String,
     /// What the collector child runs (sent to every incarnation).
     pub collectors: CollectorsConfig,
     /// `agent.tags`, added to every sample.
@@ -136,6 +139,10 @@ pub struct Shutdown {
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusSnapshot {
     pub version: String,
+    /// The host name samples carry.
+    pub host: String,
+    /// `agent.tags`.
+    pub tags: BTreeMap<String, String>,
     pub pid: u32,
     pub uptime_ms: u64,
     pub collector: CollectorStatus,
@@ -231,6 +238,7 @@ pub struct StatusFeed {
     /// `None` only until the Supervisor's first publication (made when it is created).
     status: tokio::sync::watch::Receiver<Option<(Instant, std::sync::Arc<StatusSnapshot>)>>,
     latest: tokio::sync::watch::Receiver<std::sync::Arc<LatestValues>>,
+    deaths: tokio::sync::watch::Receiver<std::sync::Arc<Vec<deaths::Death>>>,
     disk: disk::Disk,
 }
 
@@ -254,6 +262,11 @@ impl StatusFeed {
     pub fn latest(&self) -> std::sync::Arc<LatestValues> {
         self.latest.borrow().clone()
     }
+
+    /// The last [`deaths::RING`] unrequested ends of the collector, oldest first.
+    pub fn deaths(&self) -> std::sync::Arc<Vec<deaths::Death>> {
+        self.deaths.borrow().clone()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -267,6 +280,9 @@ pub struct CollectorStatus {
     pub last_exit: Option<LastExit>,
     /// Every end of the collector that vigil did not ask for, counted by how it ended.
     pub crash_counts: Vec<CrashCount>,
+    /// Those ends per hour over the last 24 hours, oldest hour first (the last counts the 60
+    /// minutes up to now), from the persisted ring of the last 1,000 ([`deaths`]).
+    pub crashes_per_hour: Vec<u32>,
     /// Crash reports not yet on disk (kept in memory until the disk takes them).
     pub pending_crash_reports: usize,
     /// Frames from the collector dropped since start, by reason: `oversized_frames`,
@@ -394,6 +410,9 @@ pub struct Supervisor {
     latest: LatestStore,
     /// Unrequested ends by (reason, signal name, exit code), for `/metrics`.
     crash_counts: BTreeMap<CrashKey, u64>,
+    /// The last unrequested ends, persisted in the data dir; published on change.
+    deaths: deaths::Deaths,
+    deaths_tx: tokio::sync::watch::Sender<std::sync::Arc<Vec<deaths::Death>>>,
     /// The incarnation whose first heartbeat ack systemd was told about (0: none yet, so
     /// `READY=1` is still due).
     notified_incarnation: u64,
@@ -420,7 +439,10 @@ impl Supervisor {
         let disk = disk::Disk::start(settings.crash_dir(), settings.config.crash_reports_keep)?;
         let (status_tx, status) = tokio::sync::watch::channel(None);
         let (latest_tx, latest) = tokio::sync::watch::channel(std::sync::Arc::new(Vec::new()));
-        let feed = StatusFeed { status, latest, disk: disk.clone() };
+        let deaths = deaths::Deaths::load(&settings.data_dir);
+        let (deaths_tx, deaths_rx) =
+            tokio::sync::watch::channel(std::sync::Arc::new(deaths.iter().cloned().collect::<Vec<_>>()));
+        let feed = StatusFeed { status, latest, deaths: deaths_rx, disk: disk.clone() };
         let mut this = Self {
             policy: RestartPolicy::new(&settings.config),
             quarantine: Quarantine::new(&settings.config),
@@ -447,6 +469,8 @@ impl Supervisor {
             stats: HashMap::new(),
             latest: LatestStore::default(),
             crash_counts: BTreeMap::new(),
+            deaths,
+            deaths_tx,
             notified_incarnation: 0,
         };
         this.publish();
@@ -731,7 +755,7 @@ impl Supervisor {
     }
 
     /// Applies the restart policy for an incarnation that lived `lived`.
-    fn schedule_restart(&mut self, ctx: &mut Context<Self>, lived: Duration) {
+    fn schedule_restart(&mut self, ctx: &mut Context<Self>, lived: Duration) -> Duration {
         let now = Instant::now();
         let d = self.policy.on_crash(now, lived, rand::random::<f64>());
         let was_loop = std::mem::replace(&mut self.in_crash_loop, d.crash_loop);
@@ -751,6 +775,13 @@ impl Supervisor {
         ));
         let handle = ctx.run_later(d.delay, |this, ctx| this.spawn_child(ctx));
         self.next_restart = Some((now + d.delay, handle));
+        d.delay
+    }
+
+    /// The ring of deaths changed: save it (on the disk thread) and publish it.
+    fn deaths_changed(&mut self) {
+        self.deaths.save(&self.disk);
+        self.deaths_tx.send_replace(std::sync::Arc::new(self.deaths.iter().cloned().collect()));
     }
 
     fn is_current(&self, incarnation: u64) -> bool {
@@ -885,6 +916,10 @@ impl Supervisor {
                     }
                     *self.crash_counts.entry((key.0, key.1, key.2, Some(sig.clone()))).or_default() += 1;
                 }
+                if let Some(d) = self.deaths.by_report(id) {
+                    d.signature = Some(sig.clone());
+                    self.deaths_changed();
+                }
             }
             tracing::error!(
                 pid = r.pid,
@@ -913,6 +948,8 @@ impl Supervisor {
         let now = Instant::now();
         StatusSnapshot {
             version: self.settings.version.clone(),
+            host: self.settings.host.clone(),
+            tags: self.settings.tags.clone(),
             pid: std::process::id(),
             uptime_ms: now.duration_since(self.started).as_millis() as u64,
             collector: CollectorStatus {
@@ -929,6 +966,7 @@ impl Supervisor {
                     rtt_ms: self.rtt.map(|d| d.as_secs_f64() * 1000.0),
                 },
                 last_exit: self.last_exit.clone(),
+                crashes_per_hour: self.deaths.per_hour(chrono::Utc::now().timestamp_millis()),
                 crash_counts: self
                     .crash_counts
                     .iter()
@@ -1237,6 +1275,19 @@ impl Handler<ChildExited> for Supervisor {
         } else {
             tracing::info!(pid = ev.pid, "Collector stopped ({how}).");
         }
+        if !stopping {
+            self.deaths.push(deaths::Death {
+                at_ms: at.timestamp_millis(),
+                incarnation: ev.incarnation,
+                reason: reason.to_string(),
+                signal_name: last.signal_name.clone(),
+                code: exit.code,
+                signature: None,
+                collector: last.collector_in_flight.clone(),
+                restart_delay_ms: None,
+                crash_report: last.crash_report.clone(),
+            });
+        }
         self.last_exit = Some(last);
         if let Some(why) = restart_for {
             tracing::info!(reason = why, "Starting the collector again ({why}).");
@@ -1245,7 +1296,11 @@ impl Handler<ChildExited> for Supervisor {
             self.finish_stop();
         } else {
             self.check_rollback();
-            self.schedule_restart(ctx, ev.uptime);
+            let delay = self.schedule_restart(ctx, ev.uptime);
+            if let Some(d) = self.deaths.last_mut() {
+                d.restart_delay_ms = Some(delay.as_millis() as u64);
+            }
+            self.deaths_changed();
         }
         self.publish();
     }
@@ -1339,6 +1394,8 @@ mod tests {
     fn health_names_the_signal_and_report() {
         let snap = StatusSnapshot {
             version: "v".into(),
+            host: "h".into(),
+            tags: BTreeMap::new(),
             pid: 1,
             uptime_ms: 0,
             collector: CollectorStatus {
@@ -1349,6 +1406,7 @@ mod tests {
                 next_restart_in_ms: Some(100),
                 heartbeat: HeartbeatStatus { last_ack_ms_ago: None, rtt_ms: None },
                 crash_counts: vec![],
+                crashes_per_hour: vec![0; deaths::HOURS],
                 pending_crash_reports: 0,
                 dropped_frames: BTreeMap::new(),
                 crash_report_error: None,

@@ -82,6 +82,8 @@ pub struct SinkStatus {
     /// Batches in the spool, not yet acknowledged.
     pub spooled_batches: u64,
     pub spool_bytes: u64,
+    /// `spool_max_bytes` in force: the spool's bound.
+    pub spool_max_bytes: u64,
     /// The sum of every `dropped` entry counted in samples (`*_samples`).
     pub dropped_samples: u64,
     /// Drops by reason, each key ending in its unit: `spool_full_batches` and
@@ -440,6 +442,7 @@ impl Uploader {
             sent_bytes: self.sent_bytes,
             spooled_batches: self.spool.pending_len() as u64,
             spool_bytes: self.spool.bytes(),
+            spool_max_bytes: self.cfg.spool_max_bytes,
             dropped_samples,
             dropped,
             last_seq: self.spool.next_seq().saturating_sub(1),
