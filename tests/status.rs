@@ -18,6 +18,8 @@ fn non_loopback_listener_requires_the_bearer_token() {
     let agent = Agent::start(&cfg, &[]);
     // Refused requests carry nothing of the agent's state; allowed ones carry it all.
     for (path, token) in [
+        ("/", None),
+        ("/", Some("wrong")),
         ("/status", None),
         ("/healthz", Some("wrong")),
         ("/metrics", None),

@@ -368,7 +368,7 @@ pub fn render(s: &Value, target: &Target, verdict: &Verdict) -> String {
     }
     let sigs = top_signatures(c["crash_counts"].as_array().map(Vec::as_slice).unwrap_or(&[]), 5);
     if !sigs.is_empty() {
-        line("top signatures", sigs.join(", "));
+        line("signatures", sigs.join(", "));
     }
 
     out.push_str("\ncollectors\n");

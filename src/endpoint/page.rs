@@ -32,6 +32,8 @@ const PALETTE: [&str; 8] =
 
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
+/// The span of the second, close-up timeline.
+pub const RECENT_MS: i64 = 10 * 60_000;
 
 /// The newest crash report, as the page shows it.
 pub struct LatestCrash {
@@ -90,7 +92,7 @@ th{background:#eee}.tag{display:inline-block;background:#e4e9f2;border-radius:3p
 .state-crash_loop,.state-quarantined,.state-stopped,.state-stopping{color:#c00;font-weight:bold}\
 pre{background:#fff;border:1px solid #ddd;padding:.6em;overflow:auto;max-height:30em}\
 .bar{width:16em;height:.9em;background:#e5e5e5;border:1px solid #bbb;display:inline-block;vertical-align:middle}\
-.fill{height:100%;background:#4a7bd0}.muted{color:#777}svg text{font-size:11px;fill:#555}";
+.fill{height:100%;background:#4a7bd0}.spool{white-space:nowrap}.muted{color:#777}svg text{font-size:11px;fill:#555}";
 
 /// The whole page.
 pub fn render(p: &Page) -> String {
@@ -172,17 +174,17 @@ pub fn render(p: &Page) -> String {
 }
 
 /// The crash timelines: the last 24 h with the hourly counts as bars below, then the last
-/// hour, where the restarts and the backoff before each are apart. One mark per death,
+/// [`RECENT_MS`], where a crash loop's restarts and the backoff before each are apart. One mark per death,
 /// coloured by signature (or by signal where no stack was taken), the backoff drawn after it.
 fn timeline(h: &mut String, p: &Page) {
     let day: Vec<&Death> =
         p.deaths.iter().filter(|d| d.at_ms >= p.now_ms - DAY_MS && d.at_ms <= p.now_ms + 60_000).collect();
-    let hour: Vec<&Death> = day.iter().copied().filter(|d| d.at_ms >= p.now_ms - HOUR_MS).collect();
+    let recent: Vec<&Death> = day.iter().copied().filter(|d| d.at_ms >= p.now_ms - RECENT_MS).collect();
     let per_hour = vigil_actors::supervisor::deaths::per_hour(day.iter().map(|d| d.at_ms), p.now_ms);
     let _ = writeln!(h, "<h2>Crashes, last 24 h: <span id=\"crash-total\">{}</span></h2>", day.len());
-    strip(h, "timeline", p.now_ms, DAY_MS, &day, Some(&per_hour));
-    let _ = writeln!(h, "<h2>Last hour: <span id=\"crash-hour\">{}</span></h2>", hour.len());
-    strip(h, "timeline-hour", p.now_ms, HOUR_MS, &hour, None);
+    strip(h, "timeline", p.now_ms, DAY_MS, 4, &day, Some(&per_hour));
+    let _ = writeln!(h, "<h2>Last 10 minutes: <span id=\"crash-recent\">{}</span></h2>", recent.len());
+    strip(h, "timeline-recent", p.now_ms, RECENT_MS, 5, &recent, None);
     // The legend: each colour, what it stands for, how many.
     let mut keys: Vec<(String, usize)> = Vec::new();
     for d in &day {
@@ -209,8 +211,17 @@ fn timeline(h: &mut String, p: &Page) {
     }
 }
 
-/// One timeline SVG over the `span_ms` before `now_ms`, with the hourly bars when given.
-fn strip(h: &mut String, id: &str, now_ms: i64, span_ms: i64, deaths: &[&Death], bars: Option<&[u32]>) {
+/// One timeline SVG over the `span_ms` before `now_ms` in `grid` labelled parts, with the
+/// hourly bars when given.
+fn strip(
+    h: &mut String,
+    id: &str,
+    now_ms: i64,
+    span_ms: i64,
+    grid: i64,
+    deaths: &[&Death],
+    bars: Option<&[u32]>,
+) {
     const W: f64 = 960.0;
     const LEFT: f64 = 40.0;
     const PLOT: f64 = W - LEFT - 10.0;
@@ -223,9 +234,9 @@ fn strip(h: &mut String, id: &str, now_ms: i64, span_ms: i64, deaths: &[&Death],
         "<svg id=\"{id}\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{height}\" viewBox=\"0 0 {W} {height}\" role=\"img\" aria-label=\"crash timeline\">\n\
 <rect x=\"{LEFT}\" y=\"10\" width=\"{PLOT}\" height=\"60\" fill=\"#fff\" stroke=\"#ccc\"/>\n"
     );
-    for i in 0..=4 {
-        let gx = LEFT + PLOT * i as f64 / 4.0;
-        let ago = span_ms * (4 - i) / 4;
+    for i in 0..=grid {
+        let gx = LEFT + PLOT * i as f64 / grid as f64;
+        let ago = span_ms * (grid - i) / grid;
         let label = match ago {
             0 => "now".to_string(),
             a if a % 3_600_000 == 0 => format!("-{}h", a / 3_600_000),
@@ -340,7 +351,7 @@ fn sinks(h: &mut String, sinks: &[SinkStatus]) {
         let _ = writeln!(
             h,
             "<tr class=\"sink\"><td>{name}</td><td>{kind}</td><td>{conn}</td>\
-<td><span class=\"bar\" title=\"{pct:.1} %\"><span class=\"fill\" style=\"display:block;width:{pct:.1}%\"></span></span> \
+<td class=\"spool\"><span class=\"bar\" title=\"{pct:.1} %\"><span class=\"fill\" style=\"display:block;width:{pct:.1}%\"></span></span> \
 {used} of {max} ({batches} batches)</td><td>{sent}</td><td>{drops}</td><td>{err}</td></tr>",
             name = esc(&st.name),
             kind = esc(st.kind),
@@ -503,7 +514,7 @@ mod tests {
             restart_delay_ms: Some(4_000),
             crash_report: None,
         };
-        // Two in the last hour, one 5 h ago, one older than a day (not drawn).
+        // Two in the last 10 minutes, one 5 h ago, one older than a day (not drawn).
         let deaths = [
             death(25 * HOUR_MS, None),
             death(5 * HOUR_MS, None),
@@ -513,7 +524,7 @@ mod tests {
         let html = render(&Page { status: &status, sinks: &[], deaths: &deaths, latest: None, now_ms: now });
         assert!(
             html.contains("<span id=\"crash-total\">3</span>")
-                && html.contains("<span id=\"crash-hour\">2</span>"),
+                && html.contains("<span id=\"crash-recent\">2</span>"),
             "{html}"
         );
         assert_eq!(html.matches("class=\"crash\"").count(), 3 + 2);
