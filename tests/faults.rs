@@ -418,6 +418,18 @@ fn a_frozen_data_dir_stalls_neither_supervision_nor_the_status_endpoint() {
     assert_eq!(s["collector"]["pending_crash_reports"], 1, "held in memory: {s:#}");
     let crash_json = agent.crash_dir().join(format!("{id}.json"));
     assert!(!crash_json.exists(), "written on a frozen file system?");
+    // The crash timeline has it at once, its file waits for the disk, and the page answers.
+    assert_eq!(s["collector"]["crashes_per_hour"][23], 1, "{s:#}");
+    let deaths_file = agent.data_dir().join("deaths.json");
+    let t_page = Instant::now();
+    let (code, page) = agent.get("/");
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("<span id=\"crash-total\">1</span>"), "{page}");
+    assert!(
+        t_page.elapsed() < Duration::from_secs(2),
+        "the page took {:?} on a frozen disk",
+        t_page.elapsed()
+    );
     // Frozen for 8 s in all; heartbeats go on meanwhile.
     while t_freeze.elapsed() < Duration::from_secs(8) {
         let s = agent.status();
@@ -437,6 +449,11 @@ fn a_frozen_data_dir_stalls_neither_supervision_nor_the_status_endpoint() {
         s["collector"]["pending_crash_reports"] == 0
     });
     assert!(crash_json.exists(), "{s:#}");
+    let until = Instant::now() + T;
+    while !std::fs::read_to_string(&deaths_file).is_ok_and(|t| t.contains(&id)) {
+        assert!(Instant::now() < until, "deaths.json never got the crash after the thaw");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let stderr = agent.crash_dir().join(format!("{id}.stderr"));
     assert!(stderr.exists());
     let s = agent.wait_status(T, "the spool drained after the thaw", |s| {

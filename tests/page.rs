@@ -98,7 +98,9 @@ fn the_status_page_shows_the_crashes_in_a_real_browser_and_they_survive_a_restar
             "{name} in the collectors table:\n{collectors}"
         );
     }
-    assert!(element(&page, "<table id=\"collector\"", "</table>").contains(">running<"), "{page}");
+    let collector = element(&page, "<table id=\"collector\"", "</table>");
+    assert!(collector.contains(">running<") && collector.contains("<th>up</th><td>"), "{collector}");
+    assert!(st["collector"]["uptime_ms"].as_u64().is_some(), "{st:#}");
     let stack = element(&page, "<pre id=\"stack\"", "</pre>");
     assert!(stack.contains("#0 ") && stack.contains("vigil"), "the newest crash's stack:\n{stack}");
     // The page as an operator sees it (also the screenshot in docs/operations.md).

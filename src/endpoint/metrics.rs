@@ -513,6 +513,7 @@ pub(crate) mod tests {
                 state: State::Running,
                 pid: Some(2),
                 incarnation: 3,
+                uptime_ms: Some(1200),
                 restarts: 2,
                 next_restart_in_ms: None,
                 heartbeat: HeartbeatStatus { last_ack_ms_ago: Some(250), rtt_ms: Some(0.5) },

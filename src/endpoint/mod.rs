@@ -235,14 +235,27 @@ async fn index(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let Some(snap) = snapshot(&state) else { return starting() };
     let sinks: Vec<_> = state.live.sinks().iter().map(SinkHandle::status).collect();
     let deaths = state.feed.deaths();
-    // The newest report, read off the worker thread (a frozen disk holds up this answer only).
+    // The newest report, read on the blocking pool and waited for a bounded time: a frozen or
+    // slow disk costs the page that section, never the answer.
     let dir = state.crash_dir.clone();
-    let latest = web::block(move || newest_report(&dir)).await.ok().flatten();
+    let read = tokio::time::timeout(page::DISK_WITHIN, web::block(move || newest_report(&dir))).await;
+    let (latest, disk_error) = match read {
+        Ok(Ok(latest)) => (latest, None),
+        Ok(Err(e)) => (None, Some(format!("cannot read the crash reports: {e}"))),
+        Err(_) => (
+            None,
+            Some(format!(
+                "the crash directory did not answer within {} ms (a frozen or slow disk)",
+                page::DISK_WITHIN.as_millis()
+            )),
+        ),
+    };
     let body = page::render(&page::Page {
         status: &snap,
         sinks: &sinks,
         deaths: &deaths,
         latest: latest.as_ref(),
+        disk_error: disk_error.as_deref(),
         now_ms: chrono::Utc::now().timestamp_millis(),
     });
     HttpResponse::Ok()

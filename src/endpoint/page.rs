@@ -23,6 +23,8 @@ pub const REFRESH_SECS: u32 = 10;
 pub const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 /// Lines of the newest crash report's stderr tail shown (the whole tail is one link away).
 pub const STDERR_LINES: usize = 40;
+/// How long the page waits for the crash directory before it is sent without the newest report.
+pub const DISK_WITHIN: std::time::Duration = std::time::Duration::from_millis(500);
 /// Frames of the newest crash's stack shown.
 pub const STACK_FRAMES: usize = 64;
 
@@ -48,6 +50,8 @@ pub struct Page<'a> {
     pub sinks: &'a [SinkStatus],
     pub deaths: &'a [Death],
     pub latest: Option<&'a LatestCrash>,
+    /// Why the newest report could not be read in time, instead of it.
+    pub disk_error: Option<&'a str>,
     pub now_ms: i64,
 }
 
@@ -125,9 +129,10 @@ pub fn render(p: &Page) -> String {
         h,
         "<h2>Collector</h2>\n<table id=\"collector\"><tr><th>state</th><td class=\"state-{state}\">{state}</td></tr>\
 <tr><th>pid</th><td>{pid}</td></tr><tr><th>incarnation</th><td>{inc}</td></tr>\
-<tr><th>restarts</th><td>{restarts}</td></tr><tr><th>heartbeat RTT</th><td>{rtt}</td></tr>",
+<tr><th>up</th><td>{up}</td></tr><tr><th>restarts</th><td>{restarts}</td></tr><tr><th>heartbeat RTT</th><td>{rtt}</td></tr>",
         pid = c.pid.map_or("–".into(), |p| p.to_string()),
         inc = c.incarnation,
+        up = c.uptime_ms.map_or("–".into(), human_ms),
         restarts = c.restarts,
         rtt = c.heartbeat.rtt_ms.map_or("–".into(), |ms| format!("{ms:.2} ms")),
     );
@@ -163,7 +168,7 @@ pub fn render(p: &Page) -> String {
     timeline(&mut h, p);
     collectors(&mut h, s);
     sinks(&mut h, p.sinks);
-    latest_crash(&mut h, p.latest);
+    latest_crash(&mut h, p.latest, p.disk_error);
     let _ = writeln!(
         h,
         "<p class=\"muted\">Rendered {} · JSON at <a href=\"/status\">/status</a> · \
@@ -367,8 +372,12 @@ fn sinks(h: &mut String, sinks: &[SinkStatus]) {
     h.push_str("</table>\n");
 }
 
-fn latest_crash(h: &mut String, latest: Option<&LatestCrash>) {
+fn latest_crash(h: &mut String, latest: Option<&LatestCrash>, disk_error: Option<&str>) {
     h.push_str("<h2>Latest crash report</h2>\n");
+    if let Some(why) = disk_error {
+        let _ = writeln!(h, "<p id=\"latest-crash-error\">Not shown: {}.</p>", esc(why));
+        return;
+    }
     let Some(l) = latest else {
         h.push_str("<p class=\"muted\">No crash reports.</p>\n");
         return;
@@ -475,6 +484,7 @@ mod tests {
             sinks: &[sink],
             deaths: &deaths,
             latest: Some(&latest),
+            disk_error: None,
             now_ms: now,
         });
         assert!(!html.contains("<script"), "{html}");
@@ -493,8 +503,14 @@ mod tests {
         .unwrap();
         let latest =
             LatestCrash { id: id.into(), report: Some(report), stderr: format!("{bad}\n").into_bytes() };
-        let html =
-            render(&Page { status: &status, sinks: &[], deaths: &[], latest: Some(&latest), now_ms: now });
+        let html = render(&Page {
+            status: &status,
+            sinks: &[],
+            deaths: &[],
+            latest: Some(&latest),
+            disk_error: None,
+            now_ms: now,
+        });
         assert!(!html.contains("<script") && !html.contains(bad), "{html}");
         assert!(html.contains(&format!("#0 {escaped} ({escaped}:1) vigil")), "{html}");
     }
@@ -521,7 +537,14 @@ mod tests {
             death(90_000, Some("ab")),
             death(1_000, Some("ab")),
         ];
-        let html = render(&Page { status: &status, sinks: &[], deaths: &deaths, latest: None, now_ms: now });
+        let html = render(&Page {
+            status: &status,
+            sinks: &[],
+            deaths: &deaths,
+            latest: None,
+            disk_error: None,
+            now_ms: now,
+        });
         assert!(
             html.contains("<span id=\"crash-total\">3</span>")
                 && html.contains("<span id=\"crash-recent\">2</span>"),

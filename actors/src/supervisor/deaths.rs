@@ -63,8 +63,8 @@ impl Death {
 pub struct Deaths {
     ring: VecDeque<Death>,
     path: PathBuf,
-    /// The newest bytes not yet written; `Some` while a write is queued on the disk thread.
-    unsaved: Arc<Mutex<Option<Vec<u8>>>>,
+    /// The newest copy not yet written; `Some` while a write is queued on the disk thread.
+    unsaved: Arc<Mutex<Option<Arc<Vec<Death>>>>>,
 }
 
 impl Deaths {
@@ -136,21 +136,27 @@ impl Deaths {
         per_hour(self.ring.iter().map(|d| d.at_ms), now_ms)
     }
 
-    /// Saves the ring on `disk`'s thread (atomically: a temporary file renamed over the old).
-    /// Only the newest copy waits for a slow disk.
-    pub fn save(&self, disk: &Disk) {
-        let bytes = serde_json::to_vec(&self.ring).unwrap_or_default();
+    /// A copy of the ring, oldest first (what the status page reads).
+    pub fn snapshot(&self) -> Arc<Vec<Death>> {
+        Arc::new(self.ring.iter().cloned().collect())
+    }
+
+    /// Saves `copy` (a [`Deaths::snapshot`]) on `disk`'s thread, which also encodes it:
+    /// atomically, a temporary file renamed over the old. Only the newest copy waits for a
+    /// slow disk.
+    pub fn save(&self, disk: &Disk, copy: Arc<Vec<Death>>) {
         let queued = {
             let mut unsaved = self.unsaved.lock().unwrap_or_else(|p| p.into_inner());
-            unsaved.replace(bytes).is_some()
+            unsaved.replace(copy).is_some()
         };
         if queued {
             return; // the queued write takes the newest bytes
         }
         let (unsaved, path) = (self.unsaved.clone(), self.path.clone());
         disk.run_job(move || {
-            let bytes = unsaved.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(bytes) = bytes {
+            let copy = unsaved.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(copy) = copy {
+                let bytes = serde_json::to_vec(&*copy).unwrap_or_default();
                 if let Err(e) = write_atomically(&path, &bytes) {
                     tracing::error!(file = %path.display(), error = %e, "Cannot save the crash timeline; it will not survive a restart.");
                 }
@@ -222,7 +228,7 @@ mod tests {
         d.push(death(1_000, 1));
         d.push(death(2_000, 2));
         d.by_report("r1").unwrap().signature = Some("abc".into());
-        d.save(&disk);
+        d.save(&disk, d.snapshot());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while !dir.path().join(FILE).exists() && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(10));

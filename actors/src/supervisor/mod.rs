@@ -252,6 +252,7 @@ impl StatusFeed {
         snap.uptime_ms += age;
         let c = &mut snap.collector;
         c.heartbeat.last_ack_ms_ago = c.heartbeat.last_ack_ms_ago.map(|ms| ms + age);
+        c.uptime_ms = c.uptime_ms.map(|ms| ms + age);
         c.next_restart_in_ms = c.next_restart_in_ms.map(|ms| ms.saturating_sub(age));
         c.pending_crash_reports = self.disk.pending_reports();
         c.crash_report_error = self.disk.report_error();
@@ -274,6 +275,8 @@ pub struct CollectorStatus {
     pub state: State,
     pub pid: Option<u32>,
     pub incarnation: u64,
+    /// How long the current collector process has lived (null while none runs).
+    pub uptime_ms: Option<u64>,
     pub restarts: u64,
     pub next_restart_in_ms: Option<u64>,
     pub heartbeat: HeartbeatStatus,
@@ -387,6 +390,8 @@ struct Current {
     hang_capture: Option<Result<Vec<u8>, String>>,
     /// The OOM-kill counts while it lives, to tell whether a SIGKILL was the OOM killer's.
     oom: oom::OomWatch,
+    /// When it was spawned.
+    started: Instant,
 }
 
 pub struct Supervisor {
@@ -440,8 +445,7 @@ impl Supervisor {
         let (status_tx, status) = tokio::sync::watch::channel(None);
         let (latest_tx, latest) = tokio::sync::watch::channel(std::sync::Arc::new(Vec::new()));
         let deaths = deaths::Deaths::load(&settings.data_dir);
-        let (deaths_tx, deaths_rx) =
-            tokio::sync::watch::channel(std::sync::Arc::new(deaths.iter().cloned().collect::<Vec<_>>()));
+        let (deaths_tx, deaths_rx) = tokio::sync::watch::channel(deaths.snapshot());
         let feed = StatusFeed { status, latest, deaths: deaths_rx, disk: disk.clone() };
         let mut this = Self {
             policy: RestartPolicy::new(&settings.config),
@@ -741,6 +745,7 @@ impl Supervisor {
                     restart_for: None,
                     hang_capture: None,
                     oom: oom::OomWatch::take(pid),
+                    started: Instant::now(),
                 });
             }
             Err(e) => {
@@ -780,8 +785,9 @@ impl Supervisor {
 
     /// The ring of deaths changed: save it (on the disk thread) and publish it.
     fn deaths_changed(&mut self) {
-        self.deaths.save(&self.disk);
-        self.deaths_tx.send_replace(std::sync::Arc::new(self.deaths.iter().cloned().collect()));
+        let copy = self.deaths.snapshot();
+        self.deaths.save(&self.disk, copy.clone());
+        self.deaths_tx.send_replace(copy);
     }
 
     fn is_current(&self, incarnation: u64) -> bool {
@@ -956,6 +962,7 @@ impl Supervisor {
                 state: self.state,
                 pid: self.current.as_ref().map(|c| c.pid),
                 incarnation: self.incarnation,
+                uptime_ms: self.current.as_ref().map(|c| now.duration_since(c.started).as_millis() as u64),
                 restarts: self.restarts,
                 next_restart_in_ms: self
                     .next_restart
@@ -1402,6 +1409,7 @@ mod tests {
                 state: State::Backoff,
                 pid: None,
                 incarnation: 2,
+                uptime_ms: None,
                 restarts: 1,
                 next_restart_in_ms: Some(100),
                 heartbeat: HeartbeatStatus { last_ack_ms_ago: None, rtt_ms: None },
