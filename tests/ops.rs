@@ -396,3 +396,52 @@ fn systemd_unit_passes_systemd_analyze_verify() {
     let warnings: Vec<&str> = said.lines().filter(|l| l.contains("vigil.service")).collect();
     assert!(warnings.is_empty(), "systemd-analyze verify warns:\n{said}");
 }
+
+/// deploy/kubernetes/vigil.yaml is valid for a current Kubernetes (PyPI kubernetes-validate,
+/// strict: no unknown fields), its ConfigMap holds a config `vigil check-config` accepts, and
+/// the DaemonSet keeps what the agent relies on (host PID and network, loopback status,
+/// read-only host mounts, exactly the two capabilities docs/operations.md names).
+#[test]
+fn the_kubernetes_daemonset_validates_and_its_config_is_accepted() {
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kubernetes/vigil.yaml");
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args(["-m", "kubernetes_validate", "--strict", "-k", "1.34.0", manifest])
+        .output()
+        .expect("run kubernetes-validate (scripts/test installs it from PyPI)");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "kubernetes-validate failed:\n{said}");
+    for kind in ["namespace/vigil", "serviceaccount/vigil", "configmap/vigil-config", "daemonset/vigil"] {
+        assert!(said.contains(&format!("passed for resource {kind}")), "{kind} not validated:\n{said}");
+    }
+    let text = std::fs::read_to_string(manifest).unwrap();
+    // The ConfigMap's vigil.toml: the block under `vigil.toml: |`, indented 4 spaces.
+    let block: String = text
+        .lines()
+        .skip_while(|l| l.trim() != "vigil.toml: |")
+        .skip(1)
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or("")))
+        .collect();
+    assert!(block.contains("listen = \"127.0.0.1:9779\""), "{block}");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("vigil.toml");
+    std::fs::write(&cfg, &block).unwrap();
+    let out =
+        std::process::Command::new(vigil()).arg("check-config").arg("--config").arg(&cfg).output().unwrap();
+    assert!(
+        out.status.success(),
+        "the ConfigMap's config is refused:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needed in [
+        "hostPID: true",
+        "hostNetwork: true",
+        "add: [\"SYS_PTRACE\", \"DAC_READ_SEARCH\"]",
+        "drop: [\"ALL\"]",
+        "path: /healthz",
+        "readOnlyRootFilesystem: true",
+        "path: /var/lib/vigil",
+    ] {
+        assert!(text.contains(needed), "the DaemonSet lost `{needed}`");
+    }
+}
