@@ -26,23 +26,28 @@ fn run(cmd: &str, args: &[&str]) {
 
 /// A small ext4 file system on a loop device, mounted on a temp dir; unmounted on drop
 /// (lazily, so a failed test never leaves it behind).
-struct Ext4 {
+pub(crate) struct Ext4 {
     mnt: tempfile::TempDir,
     _img: tempfile::TempDir,
 }
 
 impl Ext4 {
     fn mount() -> Ext4 {
+        Ext4::mount_in(&std::env::temp_dir())
+    }
+
+    /// Mounted on a new directory inside `parent`.
+    pub(crate) fn mount_in(parent: &Path) -> Ext4 {
         let img_dir = tempfile::tempdir().unwrap();
         let img = img_dir.path().join("fs.img");
         std::fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
         run("mkfs.ext4", &["-q", "-F", img.to_str().unwrap()]);
-        let mnt = tempfile::tempdir().unwrap();
+        let mnt = tempfile::tempdir_in(parent).unwrap();
         run("mount", &["-o", "loop", img.to_str().unwrap(), mnt.path().to_str().unwrap()]);
         Ext4 { mnt, _img: img_dir }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.mnt.path()
     }
 }

@@ -372,7 +372,10 @@ fn systemd_unit_passes_systemd_analyze_verify() {
     for line in [
         "Type=notify",
         "NotifyAccess=main",
-        "ExecStart=/usr/local/bin/vigil run --config /etc/vigil/vigil.toml",
+        "ExecStart=/usr/bin/vigil run --config /etc/vigil/vigil.toml --data-dir /var/lib/vigil",
+        "User=vigil",
+        "AmbientCapabilities=CAP_SYS_PTRACE CAP_DAC_READ_SEARCH",
+        "CapabilityBoundingSet=CAP_SYS_PTRACE CAP_DAC_READ_SEARCH",
         "WatchdogSec=30",
         "Restart=on-failure",
         "KillMode=mixed",
@@ -388,7 +391,7 @@ fn systemd_unit_passes_systemd_analyze_verify() {
     // verify also checks that ExecStart exists: point it at the binary under test.
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("vigil.service");
-    std::fs::write(&copy, unit.replace("/usr/local/bin/vigil", vigil())).unwrap();
+    std::fs::write(&copy, unit.replace("/usr/bin/vigil", vigil())).unwrap();
     let out = Command::new(analyze).arg("verify").arg(&copy).output().unwrap();
     let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "systemd-analyze verify failed:\n{said}");

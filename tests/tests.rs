@@ -10,6 +10,7 @@ mod forensics;
 mod inspect;
 mod metrics;
 mod ops;
+mod package;
 mod page;
 mod peers;
 mod reload;
