@@ -157,7 +157,7 @@ impl Deaths {
             let copy = unsaved.lock().unwrap_or_else(|p| p.into_inner()).take();
             if let Some(copy) = copy {
                 let bytes = serde_json::to_vec(&*copy).unwrap_or_default();
-                if let Err(e) = write_atomically(&path, &bytes) {
+                if let Err(e) = crate::supervisor::disk::write_atomically(&path, &bytes) {
                     tracing::error!(file = %path.display(), error = %e, "Cannot save the crash timeline; it will not survive a restart.");
                 }
             }
@@ -175,19 +175,6 @@ pub fn per_hour(times: impl Iterator<Item = i64>, now_ms: i64) -> Vec<u32> {
         }
     }
     counts
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{FILE}.tmp"));
-    std::fs::create_dir_all(dir)?;
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

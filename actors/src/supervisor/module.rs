@@ -381,18 +381,7 @@ pub struct Rollback {
 
 /// Writes `state.json` atomically (temporary file, fsync, rename, directory fsync).
 fn save_state(dir: &Path, bytes: &[u8]) {
-    let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
-    let res = (|| {
-        std::fs::create_dir_all(dir)?;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, dir.join(STATE_FILE))?;
-        // The rename itself survives a crash only once the directory is synced.
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if let Err(e) = res {
+    if let Err(e) = crate::supervisor::disk::write_atomically(&dir.join(STATE_FILE), bytes) {
         tracing::error!(dir = %dir.display(), error = %e, "Cannot save the module state; it will not survive a restart.");
     }
 }
