@@ -217,6 +217,24 @@ impl Agent {
         });
     }
 
+    /// The log once it holds `needle`: lines reach the file through vigil's log thread, so
+    /// they may come a moment after what `/status` already shows.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.log_text();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the log within {timeout:?}:\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Lines of the log containing `needle`.
     pub fn log_lines(&self, needle: &str) -> Vec<String> {
         self.log_text().lines().filter(|l| l.contains(needle)).map(String::from).collect()

@@ -100,6 +100,7 @@ fn sighup_applies_collectors_sinks_and_the_listener_and_keeps_what_needs_a_resta
     agent.wait_status(T, "sink c delivering", |s| {
         sink(s, "c").is_some_and(|c| c["acked_seq"].as_u64() >= Some(1))
     });
+    agent.wait_log("needs a restart", T);
     let restart_logged = agent.log_lines("needs a restart");
     assert!(
         restart_logged.iter().any(|l| l.contains("[supervisor]")),
@@ -123,9 +124,9 @@ fn sighup_with_an_invalid_file_keeps_everything_and_logs_every_error_with_its_po
     let p = path.display().to_string();
     assert!(err.contains(&format!("{p}:2:1")) && err.contains("bogus_key"), "{err}");
     assert!(err.contains(&format!("{p}:4:")) && err.contains("interval_secs"), "{err}");
-    let log = agent.log_text();
+    // The errors are logged before "Reload refused", and the log thread keeps their order.
+    let log = agent.wait_log("Reload refused", T);
     assert!(log.contains(&format!("{p}:2:1")) && log.contains(&format!("{p}:4:")), "{log}");
-    assert!(log.contains("Reload refused"), "{log}");
     // Nothing changed: the same collector, the same sink, still delivering.
     assert_eq!(s["collector"]["incarnation"], 1);
     let before = s["uploads"][0]["acked_seq"].as_u64().unwrap();
