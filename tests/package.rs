@@ -83,6 +83,30 @@ fn lintian_finds_no_error_and_only_the_documented_warnings() {
     }
 }
 
+/// The man page the package ships (docs/vigil.1) describes every command `vigil --help`
+/// lists, so it cannot fall behind the binary unnoticed.
+#[test]
+fn the_man_page_describes_every_command() {
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/vigil.1")).unwrap();
+    let help = run(Command::new(crate::harness::vigil()).arg("--help"));
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(commands.len() >= 9, "no commands in vigil --help:\n{help}");
+    for c in commands {
+        let roff = c.replace('-', "\\-");
+        assert!(
+            page.contains(&format!("\\fB{roff}\\fR")) || page.lines().any(|l| l == format!(".B {roff}")),
+            "docs/vigil.1 has no entry for `vigil {c}`"
+        );
+    }
+}
+
 /// A stand-in for `systemctl`, first in PATH while dpkg runs the maintainer scripts: systemd
 /// is not PID 1 on this machine, so what the scripts ask of the running manager
 /// (daemon-reload, start, stop, try-restart) is recorded instead. It answers `is-enabled`
@@ -202,11 +226,14 @@ fn snapshot() -> BTreeSet<PathBuf> {
         "/usr/bin",
         "/usr/sbin",
         "/usr/share/doc",
+        "/usr/share/man/man1",
         "/usr/lib/debug",
         "/lib/systemd",
         "/usr/lib/systemd",
+        "/var/lib",
+        "/var/log",
     ];
-    for root in roots.into_iter().chain(["/var/lib", "/var/log"]) {
+    for root in roots {
         walk(Path::new(root), &mut all);
     }
     all
@@ -267,6 +294,7 @@ fn the_deb_installs_runs_as_its_user_and_purges_without_a_trace() {
     // dpkg -i: the files, the conffile, the user and the directories.
     systemd.dpkg(&["-i", deb]);
     assert_eq!(mode_and_owner("/usr/bin/vigil"), (0o755, 0));
+    assert!(Path::new("/usr/share/man/man1/vigil.1.gz").is_file(), "no man page");
     let version = run(Command::new("/usr/bin/vigil").arg("--version"));
     assert!(version.contains(env!("CARGO_PKG_VERSION")), "vigil --version: {version}");
     let checked =
